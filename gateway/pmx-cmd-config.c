@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: GPL-3.0-or-later */
+/*
+ * pmx-cmd-config.c - `postmux config check`: every problem of a config,
+ * including each transport's options against its plugin's schema.
+ */
+#include "pmx-cmd.h"
+
+#include "pmx-control.h"
+#include "pmx-instance.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int
+pmx_cmd_config (int    argc,
+                char **argv)
+{
+  PmxCmdCommon common = { 0, };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) problems = NULL;
+  g_autoptr(PmxConfig) config = NULL;
+  g_autoptr(PmxPluginLoader) loader = NULL;
+  g_auto(GStrv) dirs = NULL;
+  const char *origin;
+
+  if (!pmx_cmd_parse ("config", "check",
+                      "Checks a config file and prints every problem; exits 1 if there is any.",
+                      NULL, pmx_cmd_common_entries (&common), &argc, &argv))
+    return 2;
+  if (argc != 2 || strcmp (argv[1], "check") != 0)
+    {
+      g_printerr ("postmux config: use `postmux config check [--config FILE]`\n");
+      return 2;
+    }
+
+  origin = pmx_cmd_config_path (&common);
+  config = origin != NULL ? pmx_config_load_file_for_check (origin, &problems, &error)
+                          : pmx_config_new_default (NULL);
+  if (config != NULL)
+    {
+      dirs = pmx_cmd_plugin_dirs (&common, config);
+      loader = pmx_plugin_loader_new ((const char *const *) dirs);
+      if (problems == NULL)
+        problems = g_ptr_array_new_with_free_func (g_free);
+      for (guint i = 0; i < config->transports->len; i++)
+        (void) pmx_instance_check (loader, g_ptr_array_index (config->transports, i), problems);
+    }
+  if (problems != NULL && problems->len > 0)
+    {
+      printf ("%s: %u problem%s\n", origin != NULL ? origin : "config", problems->len, problems->len == 1 ? "" : "s");
+      for (guint i = 0; i < problems->len; i++)
+        printf ("  %s\n", (char *) g_ptr_array_index (problems, i));
+      pmx_cmd_common_clear (&common);
+      return 1;
+    }
+  if (config == NULL)
+    {
+      printf ("%s\n", error->message);
+      return 1;
+    }
+  g_assert (config != NULL);
+  printf ("%s: OK — %u transport%s, %u route%s, default transport %s\n",
+          origin != NULL ? origin : "built-in default config",
+          config->transports->len, config->transports->len == 1 ? "" : "s",
+          config->routes->len, config->routes->len == 1 ? "" : "s", config->default_transport);
+  pmx_cmd_common_clear (&common);
+  return 0;
+}
+
+int
+pmx_cmd_reload (int    argc,
+                char **argv)
+{
+  PmxCmdCommon common = { 0, };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(PmxConfig) config = NULL;
+  g_autofree char *socket_path = NULL;
+  g_autofree char *answer = NULL;
+
+  if (!pmx_cmd_parse ("reload", NULL,
+                      "Makes the running daemon re-read its config file, like SIGHUP, and\n"
+                      "reports whether it took it: an invalid config is refused and the running one stays.",
+                      NULL, pmx_cmd_common_entries (&common), &argc, &argv))
+    return 2;
+  /* Only the state dir is needed here; the daemon judges the config. */
+  config = pmx_cmd_load_paths (&common, &error);
+  if (config == NULL)
+    {
+      g_printerr ("postmux reload: %s\n", error->message);
+      pmx_cmd_common_clear (&common);
+      return 1;
+    }
+  socket_path = pmx_config_dup_socket_path (config);
+  answer = pmx_control_call (socket_path, "reload", &error);
+  pmx_cmd_common_clear (&common);
+  if (answer == NULL)
+    {
+      g_printerr ("postmux reload: %s\n", error->message);
+      return 1;
+    }
+  printf ("reloaded\n");
+  return 0;
+}

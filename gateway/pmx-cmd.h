@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: GPL-3.0-or-later */
+/*
+ * pmx-cmd.h - the `postmux` subcommands and what they share: finding the
+ * config file and the plugin directories.
+ */
+#pragma once
+
+#include "pmx-config.h"
+#include "pmx-plugin-loader.h"
+
+G_BEGIN_DECLS
+
+/* Options every subcommand that reads the config accepts. */
+typedef struct {
+  char  *config_path;   /* --config */
+  char **plugin_dirs;   /* --plugin-dir, repeatable */
+} PmxCmdCommon;
+
+/* GOptionEntry list for PmxCmdCommon; terminated. */
+const GOptionEntry *pmx_cmd_common_entries (PmxCmdCommon *common);
+void                pmx_cmd_common_clear   (PmxCmdCommon *common);
+
+/* The config: --config, else $POSTMUX_CONFIG, else
+ * /etc/postmux/postmux.json when it exists, else the embedded default. */
+PmxConfig *pmx_cmd_load_config (PmxCmdCommon *common,
+                                GPtrArray   **out_problems,
+                                GError      **error);
+/* For commands that only need the state dir and queue path (send, queue,
+ * reload): a config whose cross-checks fail still serves, so an operator
+ * editing the file never stops applications from queueing mail. */
+PmxConfig *pmx_cmd_load_paths  (PmxCmdCommon *common,
+                                GError      **error);
+/* The path pmx_cmd_load_config() reads, or NULL for the embedded default. */
+const char *pmx_cmd_config_path (PmxCmdCommon *common);
+
+/* Plugin directories in search order: --plugin-dir, $POSTMUX_PLUGIN_PATH,
+ * the config's plugin_path, the built-in directory. (transfer full) */
+char     **pmx_cmd_plugin_dirs (PmxCmdCommon *common,
+                                PmxConfig    *config);
+
+/* Parse @argv with @entries; prints --help and errors. */
+gboolean   pmx_cmd_parse (const char         *name,
+                          const char         *parameter,
+                          const char         *summary,
+                          const GOptionEntry *entries,
+                          const GOptionEntry *common_entries,
+                          int                *argc,
+                          char             ***argv);
+
+int pmx_cmd_serve  (int argc, char **argv);
+int pmx_cmd_send   (int argc, char **argv);
+int pmx_cmd_queue  (int argc, char **argv);
+int pmx_cmd_config (int argc, char **argv);
+int pmx_cmd_reload (int argc, char **argv);
+
+G_END_DECLS

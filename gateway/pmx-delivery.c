@@ -1,0 +1,704 @@
+/* SPDX-License-Identifier: GPL-3.0-or-later */
+/*
+ * pmx-delivery.c - dispatcher and delivery workers.
+ *
+ * Threads: one dispatcher leases due messages (never more than the workers
+ * can take soon: twice the total concurrency) and pushes each onto the job
+ * queue of the transport its route names.  Each transport has N workers;
+ * a worker opens a session when it first needs one and keeps it until the
+ * transport reports it broken, a whole-attempt failure, or the worker
+ * stops.  Transports are plain blocking code; this file owns timing,
+ * retries and accounting.
+ *
+ * Locking: delivery->lock protects config, router, pools, retired,
+ * stopping, wake and inflight; it is never held while calling a transport
+ * or the queue.
+ *
+ * Failure: a queue write that fails after a send is retried a few times
+ * and then logged; the message stays leased and returns to the queue when
+ * Postmux next starts, so it may be delivered twice but is never lost.
+ */
+#include "pmx-delivery.h"
+
+#include "pmx-duration.h"
+#include "pmx-instance.h"
+#include "pmx-log.h"
+#include "pmx-router.h"
+#include "postmux-result-private.h"
+
+#include <string.h>
+
+#define DELIVERY_POLL_USEC      (1 * PMX_USEC_PER_SEC)   /* catch writes by other processes */
+#define DELIVERY_IDLE_USEC      (60 * PMX_USEC_PER_SEC)  /* close a session unused this long */
+#define DELIVERY_PURGE_USEC     (3600 * PMX_USEC_PER_SEC)
+
+typedef struct {
+  PmxInstance *instance;
+  GAsyncQueue *jobs;      /* DeliveryJob*, or &delivery_stop */
+  GPtrArray   *threads;   /* GThread* */
+  PmxDelivery *delivery;
+} DeliveryPool;
+
+typedef struct {
+  PmxQueueMessage *msg;
+  PmxConfig       *config;      /* retry policy of the config that routed it */
+  char            *route;
+  char            *failover;    /* or NULL */
+  PmxStrategy      strategy;
+} DeliveryJob;
+
+struct _PmxDelivery {
+  PmxQueue        *queue;
+  PmxPluginLoader *loader;
+  char            *owner;
+
+  GMutex           lock;
+  GCond            cond;        /* dispatcher waits here */
+  GCond            idle_cond;   /* stop() waits here for inflight == 0 */
+  PmxConfig       *config;
+  PmxRouter       *router;
+  GHashTable      *pools;       /* transport name -> DeliveryPool* */
+  GPtrArray       *retired;     /* DeliveryPool* winding down */
+  gboolean         stopping;
+  gboolean         wake;
+  guint            inflight;    /* jobs queued in pools or being sent */
+  GThread         *dispatcher;
+};
+
+static int delivery_stop_marker;
+
+/* job_free - free a job and the message it carries */
+static void
+job_free (DeliveryJob *job)
+{
+  pmx_queue_message_free (job->msg);
+  pmx_config_unref (job->config);
+  g_free (job->route);
+  g_free (job->failover);
+  g_free (job);
+}
+
+gint64
+pmx_delivery_backoff (const PmxRetryConfig *retry,
+                      guint                 attempts)
+{
+  double delay = (double) retry->initial_delay;
+
+  for (guint i = 1; i < attempts && delay < (double) retry->max_delay; i++)
+    delay *= retry->multiplier;
+  return MIN ((gint64) delay, retry->max_delay);
+}
+
+/* delivery_jitter - spread @delay by +-jitter so retries do not stampede */
+static gint64
+delivery_jitter (const PmxRetryConfig *retry,
+                 gint64                delay)
+{
+  if (retry->jitter <= 0.0 || delay <= 0)
+    return delay;
+  return (gint64) ((double) delay * (1.0 + g_random_double_range (-retry->jitter, retry->jitter)));
+}
+
+/* delivery_finish_job - account a finished job and wake whoever waits */
+static void
+delivery_finish_job (PmxDelivery *delivery)
+{
+  g_mutex_lock (&delivery->lock);
+  delivery->inflight--;
+  delivery->wake = TRUE;
+  g_cond_signal (&delivery->cond);
+  g_cond_broadcast (&delivery->idle_cond);
+  g_mutex_unlock (&delivery->lock);
+}
+
+/* delivery_complete - write an attempt to the queue, retrying briefly */
+static void
+delivery_complete (PmxDelivery     *delivery,
+                   PmxQueueMessage *msg,
+                   const PmxAttempt *attempt)
+{
+  for (guint tries = 1;; tries++)
+    {
+      g_autoptr(GError) error = NULL;
+
+      if (pmx_queue_complete (delivery->queue, msg->id, attempt, &error))
+        return;
+      if (tries == 3)
+        {
+          pmx_log_critical (msg->id, attempt->transport,
+                            "cannot record the outcome of this attempt: %s — the message stays leased and is tried again when postmux restarts",
+                            error->message);
+          return;
+        }
+      g_usleep (100 * 1000);
+    }
+}
+
+/* delivery_status_name - word for a recipient state in log lines */
+static const char *
+delivery_status_name (PmxRcptState state)
+{
+  switch (state)
+    {
+    case PMX_RCPT_STATE_DELIVERED: return "delivered";
+    case PMX_RCPT_STATE_DEFERRED: return "deferred";
+    case PMX_RCPT_STATE_BOUNCED: return "bounced";
+    case PMX_RCPT_STATE_EXPIRED: return "expired";
+    case PMX_RCPT_STATE_QUEUED:
+    default: return "queued";
+    }
+}
+
+/* delivery_run - one attempt of @job on @pool's transport */
+static void
+delivery_run (DeliveryPool *pool,
+              PmxSession  **session,
+              DeliveryJob  *job)
+{
+  PmxDelivery *delivery = pool->delivery;
+  PmxQueueMessage *msg = job->msg;
+  const PmxTransportOps *ops = pmx_instance_get_ops (pool->instance);
+  const char *transport = pmx_instance_get_name (pool->instance);
+  const PmxRetryConfig *retry = &job->config->retry;
+  g_autoptr(GPtrArray) pending = g_ptr_array_new ();
+  g_autoptr(PmxResult) result = NULL;
+  g_autofree PmxAttemptRecipient *outcomes = NULL;
+  g_autofree char *summary = NULL;
+  PmxEnvelope envelope = { 0, };
+  PmxAttempt attempt = { 0, };
+  PmxFailureClass failure = PMX_FAILURE_NONE;
+  gboolean any_deferred = FALSE;
+  g_autoptr(GError) error = NULL;
+  gint64 now;
+
+  for (guint i = 0; i < msg->recipients->len; i++)
+    {
+      PmxQueueRecipient *r = g_ptr_array_index (msg->recipients, i);
+
+      if (r->state == PMX_RCPT_STATE_QUEUED || r->state == PMX_RCPT_STATE_DEFERRED)
+        g_ptr_array_add (pending, r->address);
+    }
+  g_ptr_array_add (pending, NULL);
+
+  result = pmx_result_new (pending->len - 1);
+  attempt.started = g_get_real_time ();
+  if (*session == NULL)
+    *session = ops->open_session (pmx_instance_get_transport (pool->instance), &error);
+  if (*session == NULL)
+    {
+      PmxFailureClass klass = PMX_FAILURE_TEMPORARY;
+
+      if (error != NULL && error->domain == PMX_TRANSPORT_ERROR)
+        klass = error->code == PMX_TRANSPORT_ERROR_PERMANENT ? PMX_FAILURE_PERMANENT
+                : error->code == PMX_TRANSPORT_ERROR_AUTH ? PMX_FAILURE_AUTH
+                : error->code == PMX_TRANSPORT_ERROR_CONFIG ? PMX_FAILURE_CONFIG
+                : PMX_FAILURE_TEMPORARY;
+      pmx_result_fail (result, klass, 0, klass == PMX_FAILURE_PERMANENT ? "5.0.0" : "4.0.0",
+                       "cannot open a session: %s",
+                       error != NULL ? error->message : "the transport gave no reason");
+    }
+  else
+    {
+      gsize len = 0;
+      const guint8 *data = g_bytes_get_data (msg->data, &len);
+
+      envelope.queue_id = msg->id;
+      envelope.sender = msg->sender;
+      envelope.recipients = (const char *const *) pending->pdata;
+      envelope.n_recipients = pending->len - 1;
+      envelope.attempt = msg->attempts + 1;
+      envelope.ingress = msg->ingress;
+      ops->send (*session, &envelope, data, len, result);
+    }
+  attempt.finished = now = g_get_real_time ();
+  failure = pmx_result_get_failure (result);
+
+  if (*session != NULL && (failure != PMX_FAILURE_NONE || pmx_result_get_session_broken (result)))
+    {
+      ops->close_session (*session);
+      *session = NULL;
+    }
+
+  outcomes = g_new0 (PmxAttemptRecipient, MAX (pending->len - 1, 1));
+  for (guint i = 0; i + 1 < pending->len; i++)
+    {
+      const PmxResultRecipient *rr = pmx_result_get_recipient (result, i);
+      PmxAttemptRecipient *o = &outcomes[i];
+
+      o->address = g_ptr_array_index (pending, i);
+      o->code = rr->code;
+      o->enhanced = rr->enhanced;
+      o->text = rr->text;
+      switch (rr->status)
+        {
+        case PMX_RCPT_DELIVERED:
+          o->state = PMX_RCPT_STATE_DELIVERED;
+          break;
+        case PMX_RCPT_BOUNCED:
+          o->state = PMX_RCPT_STATE_BOUNCED;
+          break;
+        case PMX_RCPT_PENDING:
+          o->text = "transport reported no outcome";
+          G_GNUC_FALLTHROUGH;
+        case PMX_RCPT_DEFERRED:
+        default:
+          o->state = PMX_RCPT_STATE_DEFERRED;
+          any_deferred = TRUE;
+          break;
+        }
+    }
+
+  /* Deferred recipients: fail over at once, or wait out the back-off; the
+   * last try is at the expiry time, and a deferral then expires them with
+   * the reply they got. */
+  if (any_deferred)
+    {
+      gint64 retry_after = pmx_result_get_retry_after (result);
+      gint64 deadline = msg->received + retry->max_age;
+      gboolean whole_temporary = failure == PMX_FAILURE_TEMPORARY || failure == PMX_FAILURE_AUTH;
+
+      if (whole_temporary && job->failover != NULL)
+        {
+          attempt.next_transport = job->failover;
+          attempt.next_attempt = now;
+        }
+      else if (now >= deadline)
+        {
+          for (guint i = 0; i + 1 < pending->len; i++)
+            if (outcomes[i].state == PMX_RCPT_STATE_DEFERRED)
+              outcomes[i].state = PMX_RCPT_STATE_EXPIRED;
+        }
+      else
+        {
+          gint64 delay = retry_after >= 0 ? retry_after * PMX_USEC_PER_SEC
+                                          : delivery_jitter (retry, pmx_delivery_backoff (retry, msg->attempts + 1));
+
+          attempt.next_attempt = MIN (now + delay, deadline);
+          if (job->strategy == PMX_STRATEGY_ROUND_ROBIN && whole_temporary)
+            attempt.next_transport = job->failover;
+        }
+    }
+
+  if (failure != PMX_FAILURE_NONE)
+    summary = g_strdup (pmx_result_get_failure_text (result));
+  else if (pending->len > 1)
+    summary = g_strdup_printf ("%u %s%s%s", outcomes[0].code,
+                               outcomes[0].enhanced != NULL ? outcomes[0].enhanced : "",
+                               outcomes[0].enhanced != NULL ? " " : "",
+                               outcomes[0].text != NULL ? outcomes[0].text : "");
+
+  attempt.transport = transport;
+  attempt.recipients = outcomes;
+  attempt.n_recipients = pending->len - 1;
+  attempt.summary = summary;
+  attempt.remote_id = pmx_result_get_remote_id (result);
+  delivery_complete (delivery, msg, &attempt);
+
+  for (guint i = 0; i < attempt.n_recipients; i++)
+    {
+      const PmxAttemptRecipient *o = &outcomes[i];
+      g_autofree char *when = NULL;
+
+      if (o->state == PMX_RCPT_STATE_DEFERRED)
+        when = attempt.next_transport != NULL && attempt.next_attempt <= now
+                 ? g_strdup_printf (", failover=%s", attempt.next_transport)
+                 : g_strdup_printf (", retry_in=%" G_GINT64_FORMAT "s",
+                                    (attempt.next_attempt - now + PMX_USEC_PER_SEC / 2) / PMX_USEC_PER_SEC);
+      pmx_log_delivery (o->state == PMX_RCPT_STATE_DELIVERED ? G_LOG_LEVEL_INFO : G_LOG_LEVEL_WARNING,
+                        msg->id, transport, job->route,
+                        "to=<%s>, transport=%s, route=%s, delay=%.2f, attempt=%u, status=%s (%u%s%s %s)%s",
+                        o->address, transport, job->route,
+                        (double) (now - msg->received) / PMX_USEC_PER_SEC, msg->attempts + 1,
+                        delivery_status_name (o->state), o->code,
+                        o->enhanced != NULL ? " " : "", o->enhanced != NULL ? o->enhanced : "",
+                        o->text != NULL ? o->text : "", when != NULL ? when : "");
+    }
+}
+
+/* delivery_worker - thread body: take jobs, keep the session between them */
+static gpointer
+delivery_worker (gpointer data)
+{
+  DeliveryPool *pool = data;
+  const PmxTransportOps *ops = pmx_instance_get_ops (pool->instance);
+  PmxSession *session = NULL;
+
+  for (;;)
+    {
+      gpointer item = g_async_queue_timeout_pop (pool->jobs, DELIVERY_IDLE_USEC);
+
+      if (item == NULL)
+        {
+          if (session != NULL)
+            {
+              ops->close_session (session);
+              session = NULL;
+            }
+          continue;
+        }
+      if (item == &delivery_stop_marker)
+        break;
+      delivery_run (pool, &session, item);
+      job_free (item);
+      delivery_finish_job (pool->delivery);
+    }
+  if (session != NULL)
+    ops->close_session (session);
+  return NULL;
+}
+
+/* pool_new - a pool with its workers started */
+static DeliveryPool *
+pool_new (PmxDelivery *delivery,
+          PmxInstance *instance)
+{
+  DeliveryPool *pool = g_new0 (DeliveryPool, 1);
+  guint n = pmx_instance_get_concurrency (instance);
+
+  pool->delivery = delivery;
+  pool->instance = pmx_instance_ref (instance);
+  pool->jobs = g_async_queue_new ();
+  pool->threads = g_ptr_array_new ();
+  for (guint i = 0; i < n; i++)
+    {
+      g_autofree char *name = g_strdup_printf ("pmx-%s-%u", pmx_instance_get_name (instance), i);
+
+      g_ptr_array_add (pool->threads, g_thread_new (name, delivery_worker, pool));
+    }
+  return pool;
+}
+
+/* pool_drain - give back every job not yet started; lock held */
+static void
+pool_drain (PmxDelivery  *delivery,
+            DeliveryPool *pool)
+{
+  gpointer item;
+
+  while ((item = g_async_queue_try_pop (pool->jobs)) != NULL)
+    {
+      DeliveryJob *job = item;
+      g_autoptr(GError) error = NULL;
+
+      if (!pmx_queue_unlease (delivery->queue, job->msg->id, &error))
+        pmx_log_warning (job->msg->id, pmx_instance_get_name (pool->instance),
+                         "cannot give the message back to the queue: %s", error->message);
+      job_free (job);
+      delivery->inflight--;
+    }
+  g_cond_broadcast (&delivery->idle_cond);
+}
+
+/* pool_retire - drain and tell every worker to stop; lock held */
+static void
+pool_retire (PmxDelivery  *delivery,
+             DeliveryPool *pool)
+{
+  pool_drain (delivery, pool);
+  for (guint i = 0; i < pool->threads->len; i++)
+    g_async_queue_push (pool->jobs, &delivery_stop_marker);
+  g_ptr_array_add (delivery->retired, pool);
+}
+
+/* pool_join_free - wait for a retired pool's workers and free it */
+static void
+pool_join_free (DeliveryPool *pool)
+{
+  for (guint i = 0; i < pool->threads->len; i++)
+    g_thread_join (g_ptr_array_index (pool->threads, i));
+  g_ptr_array_unref (pool->threads);
+  g_async_queue_unref (pool->jobs);
+  pmx_instance_unref (pool->instance);
+  g_free (pool);
+}
+
+PmxDelivery *
+pmx_delivery_new (PmxQueue        *queue,
+                  PmxPluginLoader *loader,
+                  const char      *owner)
+{
+  PmxDelivery *delivery = g_new0 (PmxDelivery, 1);
+
+  delivery->queue = queue;
+  delivery->loader = loader;
+  delivery->owner = g_strdup (owner);
+  g_mutex_init (&delivery->lock);
+  g_cond_init (&delivery->cond);
+  g_cond_init (&delivery->idle_cond);
+  delivery->pools = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  delivery->retired = g_ptr_array_new ();
+  return delivery;
+}
+
+gboolean
+pmx_delivery_apply (PmxDelivery *delivery,
+                    PmxConfig   *config,
+                    GError     **error)
+{
+  g_autoptr(GHashTable) built = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
+                                                       (GDestroyNotify) pmx_instance_unref);
+  GHashTableIter iter;
+  gpointer key, value;
+
+  /* Build every new or changed instance first: a failure changes nothing. */
+  for (guint i = 0; i < config->transports->len; i++)
+    {
+      PmxTransportConfig *tc = g_ptr_array_index (config->transports, i);
+      DeliveryPool *pool;
+      PmxInstance *instance;
+
+      g_mutex_lock (&delivery->lock);
+      pool = g_hash_table_lookup (delivery->pools, tc->name);
+      instance = pool != NULL && pmx_instance_matches (pool->instance, tc) ? pool->instance : NULL;
+      g_mutex_unlock (&delivery->lock);
+      if (instance != NULL)
+        continue;
+      instance = pmx_instance_new (delivery->loader, tc, config->state_dir, NULL, error);
+      if (instance == NULL)
+        return FALSE;
+      g_hash_table_insert (built, tc->name, instance);
+    }
+
+  g_mutex_lock (&delivery->lock);
+  /* Retire pools the new config drops or changes. */
+  g_hash_table_iter_init (&iter, delivery->pools);
+  while (g_hash_table_iter_next (&iter, &key, &value))
+    {
+      const PmxTransportConfig *tc = pmx_config_get_transport (config, key);
+
+      if (tc == NULL || g_hash_table_contains (built, key))
+        {
+          pmx_log_info (NULL, key, "transport %s retired by the new config; its in-flight sends finish first", (char *) key);
+          pool_retire (delivery, value);
+          g_hash_table_iter_remove (&iter);
+        }
+    }
+  g_hash_table_iter_init (&iter, built);
+  while (g_hash_table_iter_next (&iter, &key, &value))
+    g_hash_table_insert (delivery->pools, g_strdup (key), pool_new (delivery, value));
+
+  g_clear_pointer (&delivery->router, pmx_router_free);
+  g_clear_pointer (&delivery->config, pmx_config_unref);
+  delivery->config = pmx_config_ref (config);
+  delivery->router = pmx_router_new (config);
+  delivery->wake = TRUE;
+  g_cond_signal (&delivery->cond);
+  g_mutex_unlock (&delivery->lock);
+  return TRUE;
+}
+
+/* delivery_capacity - how many more jobs to lease now; lock held */
+static guint
+delivery_capacity (PmxDelivery *delivery)
+{
+  GHashTableIter iter;
+  gpointer value;
+  guint total = 0;
+
+  g_hash_table_iter_init (&iter, delivery->pools);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    total += 2 * pmx_instance_get_concurrency (((DeliveryPool *) value)->instance);
+  return total > delivery->inflight ? total - delivery->inflight : 0;
+}
+
+/* delivery_dispatch - route leased messages to pools; lock held */
+static void
+delivery_dispatch (PmxDelivery *delivery,
+                   GPtrArray   *messages)
+{
+  for (guint i = 0; i < messages->len; i++)
+    {
+      PmxQueueMessage *msg = g_ptr_array_index (messages, i);
+      g_autoptr(GPtrArray) pending = g_ptr_array_new ();
+      PmxRouteInput input = { 0, };
+      PmxRouteDecision decision = { 0, };
+      const PmxRouteConfig *route = NULL;
+      DeliveryPool *pool;
+      DeliveryJob *job;
+
+      for (guint j = 0; j < msg->recipients->len; j++)
+        {
+          PmxQueueRecipient *r = g_ptr_array_index (msg->recipients, j);
+
+          if (r->state == PMX_RCPT_STATE_QUEUED || r->state == PMX_RCPT_STATE_DEFERRED)
+            g_ptr_array_add (pending, r->address);
+        }
+      input.sender = msg->sender;
+      input.recipients = (const char *const *) pending->pdata;
+      input.n_recipients = pending->len;
+      input.ingress = msg->ingress;
+      input.data = msg->data;
+      input.next_transport = msg->next_transport;
+      pmx_router_decide (delivery->router, &input, &decision);
+      for (guint j = 0; j < delivery->config->routes->len; j++)
+        if (strcmp (((PmxRouteConfig *) g_ptr_array_index (delivery->config->routes, j))->name, decision.route) == 0)
+          route = g_ptr_array_index (delivery->config->routes, j);
+
+      pool = g_hash_table_lookup (delivery->pools, decision.transport);
+      g_assert (pool != NULL);   /* the config check guarantees it */
+      job = g_new0 (DeliveryJob, 1);
+      job->msg = msg;
+      job->config = pmx_config_ref (delivery->config);
+      job->route = g_strdup (decision.route);
+      job->failover = g_strdup (decision.failover);
+      job->strategy = route != NULL ? route->strategy : PMX_STRATEGY_FAILOVER;
+      messages->pdata[i] = NULL;
+      delivery->inflight++;
+      g_async_queue_push (pool->jobs, job);
+    }
+}
+
+/* delivery_reap - free retired pools whose workers have all stopped; lock held */
+static void
+delivery_reap (PmxDelivery *delivery)
+{
+  for (guint i = 0; i < delivery->retired->len;)
+    {
+      DeliveryPool *pool = g_ptr_array_index (delivery->retired, i);
+
+      /* Each worker takes exactly one stop marker and exits: none left
+       * means all of them are through. */
+      if (g_async_queue_length (pool->jobs) <= 0)
+        {
+          g_ptr_array_remove_index_fast (delivery->retired, i);
+          g_mutex_unlock (&delivery->lock);
+          pool_join_free (pool);
+          g_mutex_lock (&delivery->lock);
+        }
+      else
+        i++;
+    }
+}
+
+/* delivery_dispatcher - thread body: lease, route, sleep until due */
+static gpointer
+delivery_dispatcher (gpointer data)
+{
+  PmxDelivery *delivery = data;
+  gint64 next_purge = 0;
+
+  g_mutex_lock (&delivery->lock);
+  while (!delivery->stopping)
+    {
+      guint capacity = delivery_capacity (delivery);
+      gint64 now = g_get_real_time ();
+      gint64 wait_until = g_get_monotonic_time () + DELIVERY_POLL_USEC;
+      gint64 lease = delivery->config->lease;
+      g_autoptr(GError) error = NULL;
+
+      delivery->wake = FALSE;
+      delivery_reap (delivery);
+      if (capacity > 0)
+        {
+          g_autoptr(GPtrArray) leased = NULL;
+
+          g_mutex_unlock (&delivery->lock);
+          leased = pmx_queue_lease_due (delivery->queue, now, capacity, delivery->owner, now + lease, &error);
+          g_mutex_lock (&delivery->lock);
+          if (leased == NULL)
+            pmx_log_warning (NULL, NULL, "cannot lease due messages: %s", error->message);
+          else if (leased->len > 0)
+            {
+              delivery_dispatch (delivery, leased);
+              if (leased->len == capacity)
+                continue;   /* more may be due */
+            }
+          else
+            {
+              gint64 next_due;
+
+              g_mutex_unlock (&delivery->lock);
+              next_due = pmx_queue_next_due (delivery->queue, NULL);
+              g_mutex_lock (&delivery->lock);
+              if (next_due != G_MAXINT64 && next_due - now < DELIVERY_POLL_USEC)
+                wait_until = g_get_monotonic_time () + MAX (next_due - now, 1000);
+            }
+        }
+      if (now >= next_purge)
+        {
+          gint64 retention = delivery->config->retention;
+
+          g_mutex_unlock (&delivery->lock);
+          (void) pmx_queue_purge (delivery->queue, now - retention, NULL);
+          g_mutex_lock (&delivery->lock);
+          next_purge = now + DELIVERY_PURGE_USEC;
+        }
+      while (!delivery->wake && !delivery->stopping)
+        if (!g_cond_wait_until (&delivery->cond, &delivery->lock, wait_until))
+          break;
+    }
+  g_mutex_unlock (&delivery->lock);
+  return NULL;
+}
+
+void
+pmx_delivery_start (PmxDelivery *delivery)
+{
+  g_return_if_fail (delivery->config != NULL);
+  g_return_if_fail (delivery->dispatcher == NULL);
+
+  delivery->dispatcher = g_thread_new ("pmx-dispatch", delivery_dispatcher, delivery);
+}
+
+void
+pmx_delivery_wake (PmxDelivery *delivery)
+{
+  g_mutex_lock (&delivery->lock);
+  delivery->wake = TRUE;
+  g_cond_signal (&delivery->cond);
+  g_mutex_unlock (&delivery->lock);
+}
+
+guint
+pmx_delivery_stop (PmxDelivery *delivery,
+                   gint64       timeout_usec)
+{
+  gint64 deadline = g_get_monotonic_time () + timeout_usec;
+  GHashTableIter iter;
+  gpointer value;
+  guint left;
+
+  g_mutex_lock (&delivery->lock);
+  delivery->stopping = TRUE;
+  g_cond_signal (&delivery->cond);
+  g_mutex_unlock (&delivery->lock);
+  if (delivery->dispatcher != NULL)
+    g_thread_join (g_steal_pointer (&delivery->dispatcher));
+
+  g_mutex_lock (&delivery->lock);
+  g_hash_table_iter_init (&iter, delivery->pools);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    {
+      pool_retire (delivery, value);
+      g_hash_table_iter_remove (&iter);
+    }
+  while (delivery->inflight > 0)
+    if (!g_cond_wait_until (&delivery->idle_cond, &delivery->lock, deadline))
+      break;
+  left = delivery->inflight;
+  if (left == 0)
+    delivery_reap (delivery);
+  g_mutex_unlock (&delivery->lock);
+  return left;
+}
+
+void
+pmx_delivery_free (PmxDelivery *delivery)
+{
+  if (delivery == NULL)
+    return;
+  g_return_if_fail (delivery->dispatcher == NULL);
+
+  g_mutex_lock (&delivery->lock);
+  delivery_reap (delivery);
+  g_mutex_unlock (&delivery->lock);
+  g_hash_table_unref (delivery->pools);
+  g_ptr_array_unref (delivery->retired);
+  g_clear_pointer (&delivery->router, pmx_router_free);
+  g_clear_pointer (&delivery->config, pmx_config_unref);
+  g_mutex_clear (&delivery->lock);
+  g_cond_clear (&delivery->cond);
+  g_cond_clear (&delivery->idle_cond);
+  g_free (delivery->owner);
+  g_free (delivery);
+}

@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: GPL-3.0-or-later */
+/*
+ * pmx-log.c - the log writer: text or JSON lines on stderr.
+ *
+ * One line per call, written with a single write() so lines from worker
+ * threads never interleave.  Messages below the configured level are
+ * dropped, except that G_MESSAGES_DEBUG still enables debug output the
+ * GLib way.
+ */
+#include "pmx-log.h"
+
+#include <json-glib/json-glib.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+static gint log_format = PMX_LOG_TEXT;
+static gint log_threshold = G_LOG_LEVEL_INFO;   /* most verbose level printed */
+
+/* log_level_value - GLogLevelFlags for a config level word */
+static GLogLevelFlags
+log_level_value (const char *level)
+{
+  if (g_strcmp0 (level, "debug") == 0)
+    return G_LOG_LEVEL_DEBUG;
+  if (g_strcmp0 (level, "warning") == 0)
+    return G_LOG_LEVEL_WARNING;
+  if (g_strcmp0 (level, "error") == 0)
+    return G_LOG_LEVEL_CRITICAL;
+  return G_LOG_LEVEL_INFO;
+}
+
+/* log_level_word - the word printed for a level */
+static const char *
+log_level_word (GLogLevelFlags level)
+{
+  if (level & G_LOG_LEVEL_ERROR)
+    return "fatal";
+  if (level & G_LOG_LEVEL_CRITICAL)
+    return "error";
+  if (level & G_LOG_LEVEL_WARNING)
+    return "warning";
+  if (level & (G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO))
+    return "info";
+  return "debug";
+}
+
+/* log_writer - GLogWriterFunc printing one line per record */
+static GLogWriterOutput
+log_writer (GLogLevelFlags   level,
+            const GLogField *fields,
+            gsize            n_fields,
+            gpointer         user_data)
+{
+  const char *message = NULL, *domain = NULL, *queue_id = NULL, *transport = NULL, *route = NULL;
+  g_autoptr(GDateTime) now = g_date_time_new_now_utc ();
+  g_autofree char *stamp = g_date_time_format (now, "%Y-%m-%dT%H:%M:%S.%fZ");
+  g_autoptr(GString) line = g_string_new (NULL);
+  GLogLevelFlags masked = level & G_LOG_LEVEL_MASK;
+
+  for (gsize i = 0; i < n_fields; i++)
+    {
+      const char *key = fields[i].key;
+      const char *value = fields[i].length < 0 ? fields[i].value : NULL;
+
+      if (value == NULL)
+        continue;
+      if (strcmp (key, "MESSAGE") == 0)
+        message = value;
+      else if (strcmp (key, "GLIB_DOMAIN") == 0)
+        domain = value;
+      else if (strcmp (key, "QUEUE_ID") == 0)
+        queue_id = value;
+      else if (strcmp (key, "TRANSPORT") == 0)
+        transport = value;
+      else if (strcmp (key, "ROUTE") == 0)
+        route = value;
+    }
+
+  /* Below the configured level: dropped, unless G_MESSAGES_DEBUG asks for
+   * this domain's info and debug lines. */
+  if (masked > (GLogLevelFlags) g_atomic_int_get (&log_threshold)
+      && (masked < G_LOG_LEVEL_INFO || g_log_writer_default_would_drop (level, domain)))
+    return G_LOG_WRITER_HANDLED;
+
+  /* Microseconds are more than a log reader wants: keep milliseconds. */
+  if (strlen (stamp) > 24)
+    {
+      stamp[23] = 'Z';
+      stamp[24] = '\0';
+    }
+
+  if (g_atomic_int_get (&log_format) == PMX_LOG_JSON)
+    {
+      g_autoptr(JsonBuilder) b = json_builder_new ();
+      g_autoptr(JsonGenerator) gen = json_generator_new ();
+      g_autoptr(JsonNode) root = NULL;
+      g_autofree char *text = NULL;
+
+      json_builder_begin_object (b);
+      json_builder_set_member_name (b, "time");
+      json_builder_add_string_value (b, stamp);
+      json_builder_set_member_name (b, "level");
+      json_builder_add_string_value (b, log_level_word (level));
+      json_builder_set_member_name (b, "domain");
+      json_builder_add_string_value (b, domain != NULL ? domain : "postmux");
+      if (queue_id != NULL)
+        {
+          json_builder_set_member_name (b, "queue_id");
+          json_builder_add_string_value (b, queue_id);
+        }
+      if (transport != NULL)
+        {
+          json_builder_set_member_name (b, "transport");
+          json_builder_add_string_value (b, transport);
+        }
+      if (route != NULL)
+        {
+          json_builder_set_member_name (b, "route");
+          json_builder_add_string_value (b, route);
+        }
+      json_builder_set_member_name (b, "message");
+      json_builder_add_string_value (b, message != NULL ? message : "");
+      json_builder_end_object (b);
+      root = json_builder_get_root (b);
+      json_generator_set_root (gen, root);
+      text = json_generator_to_data (gen, NULL);
+      g_string_append (line, text);
+    }
+  else
+    {
+      g_string_append_printf (line, "%s %s[%d]: %s: ", stamp, domain != NULL ? domain : "postmux",
+                              (int) getpid (), log_level_word (level));
+      if (queue_id != NULL)
+        g_string_append_printf (line, "%s: ", queue_id);
+      g_string_append (line, message != NULL ? message : "");
+    }
+  g_string_append_c (line, '\n');
+  if (write (STDERR_FILENO, line->str, line->len) < 0)
+    return G_LOG_WRITER_UNHANDLED;
+  return G_LOG_WRITER_HANDLED;
+}
+
+void
+pmx_log_set_level (const char *level)
+{
+  g_atomic_int_set (&log_threshold, (gint) log_level_value (level));
+}
+
+void
+pmx_log_set_format (PmxLogFormat format)
+{
+  g_atomic_int_set (&log_format, (gint) format);
+}
+
+void
+pmx_log_init (PmxLogFormat format,
+              const char  *level)
+{
+  static gsize installed;
+
+  pmx_log_set_format (format);
+  pmx_log_set_level (level);
+  if (g_once_init_enter (&installed))
+    {
+      g_log_set_writer_func (log_writer, NULL, NULL);
+      g_once_init_leave (&installed, 1);
+    }
+}
+
+void
+pmx_log_delivery (GLogLevelFlags level,
+                  const char    *queue_id,
+                  const char    *transport,
+                  const char    *route,
+                  const char    *format,
+                  ...)
+{
+  g_autofree char *message = NULL;
+  GLogField fields[6];
+  gsize n = 0;
+  va_list args;
+
+  va_start (args, format);
+  message = g_strdup_vprintf (format, args);
+  va_end (args);
+
+  fields[n++] = (GLogField) { "GLIB_DOMAIN", G_LOG_DOMAIN, -1 };
+  fields[n++] = (GLogField) { "PRIORITY", level & G_LOG_LEVEL_CRITICAL ? "3" : level & G_LOG_LEVEL_WARNING ? "4" : "6", -1 };
+  fields[n++] = (GLogField) { "MESSAGE", message, -1 };
+  if (queue_id != NULL)
+    fields[n++] = (GLogField) { "QUEUE_ID", queue_id, -1 };
+  if (transport != NULL)
+    fields[n++] = (GLogField) { "TRANSPORT", transport, -1 };
+  if (route != NULL)
+    fields[n++] = (GLogField) { "ROUTE", route, -1 };
+  g_log_structured_array (level, fields, n);
+}
