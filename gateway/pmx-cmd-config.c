@@ -15,7 +15,7 @@ int
 pmx_cmd_config (int    argc,
                 char **argv)
 {
-  PmxCmdCommon common = { 0, };
+  g_auto(PmxCmdCommon) common = { 0, };
   g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) problems = NULL;
   g_autoptr(PmxConfig) config = NULL;
@@ -43,14 +43,13 @@ pmx_cmd_config (int    argc,
       if (problems == NULL)
         problems = g_ptr_array_new_with_free_func (g_free);
       for (guint i = 0; i < config->transports->len; i++)
-        (void) pmx_instance_check (loader, g_ptr_array_index (config->transports, i), problems);
+        (void) pmx_instance_check (loader, config, g_ptr_array_index (config->transports, i), problems);
     }
   if (problems != NULL && problems->len > 0)
     {
       printf ("%s: %u problem%s\n", origin != NULL ? origin : "config", problems->len, problems->len == 1 ? "" : "s");
       for (guint i = 0; i < problems->len; i++)
         printf ("  %s\n", (char *) g_ptr_array_index (problems, i));
-      pmx_cmd_common_clear (&common);
       return 1;
     }
   if (config == NULL)
@@ -63,7 +62,6 @@ pmx_cmd_config (int    argc,
           origin != NULL ? origin : "built-in default config",
           config->transports->len, config->transports->len == 1 ? "" : "s",
           config->routes->len, config->routes->len == 1 ? "" : "s", config->default_transport);
-  pmx_cmd_common_clear (&common);
   return 0;
 }
 
@@ -71,7 +69,7 @@ int
 pmx_cmd_reload (int    argc,
                 char **argv)
 {
-  PmxCmdCommon common = { 0, };
+  g_auto(PmxCmdCommon) common = { 0, };
   g_autoptr(GError) error = NULL;
   g_autoptr(PmxConfig) config = NULL;
   g_autofree char *socket_path = NULL;
@@ -87,12 +85,10 @@ pmx_cmd_reload (int    argc,
   if (config == NULL)
     {
       g_printerr ("postmux reload: %s\n", error->message);
-      pmx_cmd_common_clear (&common);
       return 1;
     }
   socket_path = pmx_config_dup_socket_path (config);
   answer = pmx_control_call (socket_path, "reload", &error);
-  pmx_cmd_common_clear (&common);
   if (answer == NULL)
     {
       g_printerr ("postmux reload: %s\n", error->message);

@@ -131,7 +131,7 @@ int
 pmx_cmd_queue (int    argc,
                char **argv)
 {
-  PmxCmdCommon common = { 0, };
+  g_auto(PmxCmdCommon) common = { 0, };
   g_autofree char *state = NULL;
   int limit = 0;
   g_autoptr(GError) error = NULL;
@@ -209,6 +209,5 @@ pmx_cmd_queue (int    argc,
       rc = 2;
     }
   pmx_queue_close (queue);
-  pmx_cmd_common_clear (&common);
   return rc;
 }

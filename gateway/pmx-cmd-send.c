@@ -136,7 +136,7 @@ int
 pmx_cmd_send (int    argc,
               char **argv)
 {
-  PmxCmdCommon common = { 0, };
+  g_auto(PmxCmdCommon) common = { 0, };
   g_autofree char *from = NULL;
   g_auto(GStrv) to = NULL;
   g_autofree char *subject = NULL;
@@ -268,6 +268,5 @@ pmx_cmd_send (int    argc,
   if (direct)
     g_printerr ("postmux send: no daemon is running; queued in %s — it is delivered when `postmux serve` starts\n",
                 config->queue_path);
-  pmx_cmd_common_clear (&common);
   return 0;
 }

@@ -68,7 +68,7 @@ serve_check_unused (Serve     *serve,
       PmxTransportConfig *tc = g_ptr_array_index (config->transports, i);
       g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func (g_free);
 
-      if (!serve_used (config, tc->name) && !pmx_instance_check (serve->loader, tc, problems))
+      if (!serve_used (config, tc->name) && !pmx_instance_check (serve->loader, config, tc, problems))
         {
           for (guint j = 0; j < problems->len; j++)
             pmx_log_warning (NULL, tc->name, "transport \"%s\" is not used by any route and cannot be built: %s",
@@ -157,71 +157,117 @@ serve_wake (gpointer user_data)
   pmx_delivery_wake (serve->delivery);
 }
 
+/* serve_open - everything up to the main loop; FALSE with @error set */
+static gboolean
+serve_open (Serve   *serve,
+            GError **error)
+{
+  static PmxControlHooks hooks = { serve_wake, serve_reload, NULL };
+  g_autofree char *socket_path = NULL;
+  g_autofree char *described = NULL;
+  g_auto(GStrv) dirs = NULL;
+  g_autoptr(GError) local_error = NULL;
+  guint released;
+
+  serve->config = pmx_cmd_load_config (&serve->common, NULL, error);
+  if (serve->config == NULL)
+    return FALSE;
+  pmx_log_init (g_strcmp0 (serve->config->log_format, "json") == 0 ? PMX_LOG_JSON : PMX_LOG_TEXT,
+                serve->config->log_level);
+
+  if (g_mkdir_with_parents (serve->config->state_dir, 0700) != 0)
+    {
+      int saved = errno;
+
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (saved), "cannot create state_dir %s: %s",
+                   serve->config->state_dir, g_strerror (saved));
+      return FALSE;
+    }
+
+  dirs = pmx_cmd_plugin_dirs (&serve->common, serve->config);
+  serve->loader = pmx_plugin_loader_new ((const char *const *) dirs);
+  serve_check_unused (serve, serve->config);
+
+  serve->queue = pmx_queue_open (serve->config->queue_path, error);
+  if (serve->queue == NULL)
+    return FALSE;
+  released = pmx_queue_release_leases (serve->queue, serve->config->node_name, g_get_real_time (), &local_error);
+  if (local_error != NULL)
+    {
+      g_propagate_error (error, g_steal_pointer (&local_error));
+      return FALSE;
+    }
+  if (released > 0)
+    pmx_log_info (NULL, NULL, "%u message%s in flight when postmux last stopped returned to the queue",
+                  released, released == 1 ? "" : "s");
+
+  serve->delivery = pmx_delivery_new (serve->queue, serve->loader, serve->config->node_name);
+  if (!pmx_delivery_apply (serve->delivery, serve->config, error))
+    {
+      g_prefix_error (error, "cannot start: ");
+      return FALSE;
+    }
+
+  socket_path = pmx_config_dup_socket_path (serve->config);
+  hooks.user_data = serve;
+  serve->control = pmx_control_new (socket_path, serve->queue, &hooks, error);
+  if (serve->control == NULL)
+    return FALSE;
+
+  pmx_delivery_start (serve->delivery);
+  described = serve_describe (serve->config);
+  pmx_log_info (NULL, NULL, "postmux %s ready: config %s, queue %s, control socket %s; default transport %s; transports: %s",
+                PMX_VERSION, serve->config->path != NULL ? serve->config->path : "(built-in default)",
+                serve->config->queue_path, socket_path, serve->config->default_transport, described);
+  return TRUE;
+}
+
+/* serve_close - stop taking work, drain, free; FALSE when deliveries were
+ * still in flight at the shutdown timeout (they stay leased) */
+static gboolean
+serve_close (Serve *serve)
+{
+  guint left = 0;
+
+  g_clear_pointer (&serve->control, pmx_control_free);
+  if (serve->delivery != NULL)
+    left = pmx_delivery_stop (serve->delivery, serve->config->shutdown_timeout);
+  if (left > 0)
+    {
+      /* Their leases return them to the queue when postmux starts again;
+       * workers still run, so nothing they use may be freed. */
+      pmx_log_warning (NULL, NULL, "%u deliver%s still in flight after the shutdown timeout; they stay leased and are retried at the next start",
+                       left, left == 1 ? "y" : "ies");
+      return FALSE;
+    }
+  g_clear_pointer (&serve->delivery, pmx_delivery_free);
+  g_clear_pointer (&serve->queue, pmx_queue_close);
+  g_clear_pointer (&serve->loader, pmx_plugin_loader_free);
+  g_clear_pointer (&serve->loop, g_main_loop_unref);
+  g_clear_pointer (&serve->config, pmx_config_unref);
+  pmx_cmd_common_clear (&serve->common);
+  return TRUE;
+}
+
 int
 pmx_cmd_serve (int    argc,
                char **argv)
 {
   Serve serve = { 0 };
   g_autoptr(GError) error = NULL;
-  g_autofree char *socket_path = NULL;
-  g_autofree char *described = NULL;
-  g_auto(GStrv) dirs = NULL;
-  PmxControlHooks hooks = { serve_wake, serve_reload, &serve };
   guint sources[3];
-  guint left;
 
   if (!pmx_cmd_parse ("serve", NULL,
                       "Runs the gateway in the foreground until SIGTERM; SIGHUP re-reads the config.",
                       NULL, pmx_cmd_common_entries (&serve.common), &argc, &argv))
-    return 2;
-
-  serve.config = pmx_cmd_load_config (&serve.common, NULL, &error);
-  if (serve.config == NULL)
+    {
+      pmx_cmd_common_clear (&serve.common);
+      return 2;
+    }
+  if (!serve_open (&serve, &error))
     {
       g_printerr ("postmux serve: %s\n", error->message);
-      return 1;
-    }
-  pmx_log_init (g_strcmp0 (serve.config->log_format, "json") == 0 ? PMX_LOG_JSON : PMX_LOG_TEXT,
-                serve.config->log_level);
-
-  if (g_mkdir_with_parents (serve.config->state_dir, 0700) != 0)
-    {
-      g_printerr ("postmux serve: cannot create state_dir %s: %s\n", serve.config->state_dir, g_strerror (errno));
-      return 1;
-    }
-
-  dirs = pmx_cmd_plugin_dirs (&serve.common, serve.config);
-  serve.loader = pmx_plugin_loader_new ((const char *const *) dirs);
-  serve_check_unused (&serve, serve.config);
-
-  serve.queue = pmx_queue_open (serve.config->queue_path, &error);
-  if (serve.queue == NULL)
-    {
-      g_printerr ("postmux serve: %s\n", error->message);
-      return 1;
-    }
-  left = pmx_queue_release_leases (serve.queue, serve.config->node_name, g_get_real_time (), &error);
-  if (error != NULL)
-    {
-      g_printerr ("postmux serve: %s\n", error->message);
-      return 1;
-    }
-  if (left > 0)
-    pmx_log_info (NULL, NULL, "%u message%s in flight when postmux last stopped returned to the queue",
-                  left, left == 1 ? "" : "s");
-
-  serve.delivery = pmx_delivery_new (serve.queue, serve.loader, serve.config->node_name);
-  if (!pmx_delivery_apply (serve.delivery, serve.config, &error))
-    {
-      g_printerr ("postmux serve: cannot start: %s\n", error->message);
-      return 1;
-    }
-
-  socket_path = pmx_config_dup_socket_path (serve.config);
-  serve.control = pmx_control_new (socket_path, serve.queue, &hooks, &error);
-  if (serve.control == NULL)
-    {
-      g_printerr ("postmux serve: %s\n", error->message);
+      (void) serve_close (&serve);
       return 1;
     }
 
@@ -229,33 +275,11 @@ pmx_cmd_serve (int    argc,
   sources[0] = g_unix_signal_add (SIGTERM, serve_on_term, &serve);
   sources[1] = g_unix_signal_add (SIGINT, serve_on_term, &serve);
   sources[2] = g_unix_signal_add (SIGHUP, serve_on_hup, &serve);
-  pmx_delivery_start (serve.delivery);
-
-  described = serve_describe (serve.config);
-  pmx_log_info (NULL, NULL, "postmux %s ready: config %s, queue %s, control socket %s; default transport %s; transports: %s",
-                PMX_VERSION, serve.config->path != NULL ? serve.config->path : "(built-in default)",
-                serve.config->queue_path, socket_path, serve.config->default_transport, described);
-
   g_main_loop_run (serve.loop);
-
-  /* Stop taking work first, then drain. */
-  g_clear_pointer (&serve.control, pmx_control_free);
   for (guint i = 0; i < G_N_ELEMENTS (sources); i++)
     g_source_remove (sources[i]);
-  left = pmx_delivery_stop (serve.delivery, serve.config->shutdown_timeout);
-  if (left > 0)
-    {
-      /* Their leases return them to the queue when postmux starts again. */
-      pmx_log_warning (NULL, NULL, "%u deliver%s still in flight after the shutdown timeout; they stay leased and are retried at the next start",
-                       left, left == 1 ? "y" : "ies");
-      return 0;
-    }
-  pmx_delivery_free (serve.delivery);
-  pmx_queue_close (serve.queue);
-  pmx_plugin_loader_free (serve.loader);
-  g_main_loop_unref (serve.loop);
-  pmx_config_unref (serve.config);
-  pmx_cmd_common_clear (&serve.common);
-  pmx_log_info (NULL, NULL, "stopped");
+
+  if (serve_close (&serve))
+    pmx_log_info (NULL, NULL, "stopped");
   return 0;
 }

@@ -20,6 +20,8 @@ typedef struct {
 const GOptionEntry *pmx_cmd_common_entries (PmxCmdCommon *common);
 void                pmx_cmd_common_clear   (PmxCmdCommon *common);
 
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (PmxCmdCommon, pmx_cmd_common_clear)
+
 /* The config: --config, else $POSTMUX_CONFIG, else
  * /etc/postmux/postmux.json when it exists, else the embedded default. */
 PmxConfig *pmx_cmd_load_config (PmxCmdCommon *common,

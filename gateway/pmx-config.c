@@ -201,6 +201,7 @@ pmx_config_unref (PmxConfig *config)
   g_ptr_array_unref (config->routes);
   g_free (config->log_level);
   g_free (config->log_format);
+  g_clear_pointer ((PmxJsonDocument **) &config->doc, pmx_json_document_free);
   g_free (config);
 }
 
@@ -216,6 +217,26 @@ pmx_config_get_transport (PmxConfig  *config,
         return t;
     }
   return NULL;
+}
+
+int
+pmx_config_get_line (PmxConfig  *config,
+                     const char *pointer)
+{
+  g_autofree char *p = g_strdup (pointer);
+
+  if (config->doc == NULL)
+    return 0;
+  for (;;)
+    {
+      int line = pmx_json_document_get_line (config->doc, p);
+      char *slash;
+
+      if (line > 0 || p[0] == '\0')
+        return line;
+      slash = strrchr (p, '/');
+      *slash = '\0';
+    }
 }
 
 char *
@@ -555,6 +576,7 @@ config_load (const char  *text,
       config = config_new ();
       config->path = g_strdup (origin);
       config_build (config, json_node_get_object (root), doc, problems);
+      config->doc = g_steal_pointer (&doc);
     }
 
   if (problems->len > 0)

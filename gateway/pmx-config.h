@@ -76,6 +76,8 @@ struct _PmxConfig {
   gint64      shutdown_timeout;  /* microseconds */
   char       *log_level;
   char       *log_format;
+  /*< private >*/
+  gpointer    doc;               /* PmxJsonDocument of the file, for lines */
 };
 
 /* Load and check @path.  On failure return NULL; @error carries every
@@ -112,6 +114,12 @@ const PmxTransportConfig *pmx_config_get_transport (PmxConfig  *config,
 void       pmx_config_check_secrets (JsonObject *options,
                                      const char *pointer,
                                      GPtrArray  *problems);
+
+/* Source line of the value at @pointer, or of its nearest ancestor that
+ * is in the file (a missing member is reported on its object); 0 when
+ * the config did not come from a file. */
+int        pmx_config_get_line (PmxConfig  *config,
+                                const char *pointer);
 
 /* Control socket path inside the state dir. (transfer full) */
 char      *pmx_config_dup_socket_path (PmxConfig *config);

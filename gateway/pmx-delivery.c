@@ -453,7 +453,7 @@ pmx_delivery_apply (PmxDelivery *delivery,
       g_mutex_unlock (&delivery->lock);
       if (instance != NULL)
         continue;
-      instance = pmx_instance_new (delivery->loader, tc, config->state_dir, NULL, error);
+      instance = pmx_instance_new (delivery->loader, config, tc, NULL, error);
       if (instance == NULL)
         return FALSE;
       g_hash_table_insert (built, tc->name, instance);
@@ -535,7 +535,14 @@ delivery_dispatch (PmxDelivery *delivery,
           route = g_ptr_array_index (delivery->config->routes, j);
 
       pool = g_hash_table_lookup (delivery->pools, decision.transport);
-      g_assert (pool != NULL);   /* the config check guarantees it */
+      if (pool == NULL)
+        {
+          /* Config checks make this unreachable; never lose the message. */
+          pmx_log_critical (msg->id, decision.transport, "no workers for transport %s; the message stays queued",
+                            decision.transport);
+          (void) pmx_queue_unlease (delivery->queue, msg->id, NULL);
+          continue;
+        }
       job = g_new0 (DeliveryJob, 1);
       job->msg = msg;
       job->config = pmx_config_ref (delivery->config);

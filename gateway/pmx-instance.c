@@ -33,6 +33,7 @@ instance_options_json (JsonObject *options)
 /* instance_validate - check @tc's options against @plugin's schema */
 static gboolean
 instance_validate (PmxPlugin                *plugin,
+                   PmxConfig                *config,
                    const PmxTransportConfig *tc,
                    GPtrArray                *problems,
                    GError                  **error)
@@ -64,8 +65,10 @@ instance_validate (PmxPlugin                *plugin,
   for (guint i = 0; i < found->len; i++)
     {
       PmxSchemaProblem *p = g_ptr_array_index (found, i);
-      g_autofree char *line = g_strdup_printf ("/transports/%s/options%s: %s (%s)",
-                                               tc->name, p->pointer, p->message, p->keyword);
+      g_autofree char *pointer = g_strdup_printf ("/transports/%s/options%s", tc->name, p->pointer);
+      int n = pmx_config_get_line (config, pointer);
+      g_autofree char *where = n > 0 ? g_strdup_printf ("line %d: ", n) : g_strdup ("");
+      g_autofree char *line = g_strdup_printf ("%s%s: %s (%s)", where, pointer, p->message, p->keyword);
 
       g_string_append_printf (joined, "\n  %s", line);
       if (problems != NULL)
@@ -79,6 +82,7 @@ instance_validate (PmxPlugin                *plugin,
 
 gboolean
 pmx_instance_check (PmxPluginLoader          *loader,
+                    PmxConfig                *config,
                     const PmxTransportConfig *tc,
                     GPtrArray                *problems)
 {
@@ -87,16 +91,20 @@ pmx_instance_check (PmxPluginLoader          *loader,
 
   if (plugin == NULL)
     {
-      g_ptr_array_add (problems, g_strdup_printf ("/transports/%s/plugin: %s", tc->name, error->message));
+      g_autofree char *pointer = g_strdup_printf ("/transports/%s/plugin", tc->name);
+      int n = pmx_config_get_line (config, pointer);
+      g_autofree char *where = n > 0 ? g_strdup_printf ("line %d: ", n) : g_strdup ("");
+
+      g_ptr_array_add (problems, g_strdup_printf ("%s%s: %s", where, pointer, error->message));
       return FALSE;
     }
-  return instance_validate (plugin, tc, problems, NULL);
+  return instance_validate (plugin, config, tc, problems, NULL);
 }
 
 PmxInstance *
 pmx_instance_new (PmxPluginLoader          *loader,
+                  PmxConfig                *config,
                   const PmxTransportConfig *tc,
-                  const char               *state_dir,
                   GPtrArray                *problems,
                   GError                  **error)
 {
@@ -113,13 +121,13 @@ pmx_instance_new (PmxPluginLoader          *loader,
                                   "transport \"%s\": ", tc->name);
       return NULL;
     }
-  if (!instance_validate (plugin, tc, problems, error))
+  if (!instance_validate (plugin, config, tc, problems, error))
     return NULL;
 
   args.struct_size = sizeof args;
   args.instance_name = tc->name;
   args.options = tc->options;
-  args.state_dir = state_dir;
+  args.state_dir = config->state_dir;
   transport = pmx_plugin_create (plugin, &args, &local_error);
   if (transport == NULL)
     {

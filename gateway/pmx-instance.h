@@ -16,13 +16,14 @@ typedef struct _PmxInstance PmxInstance;
  * problems go to @problems (strings, "line?: pointer: text") when it is
  * not NULL; any failure returns NULL with @error naming the transport. */
 PmxInstance *pmx_instance_new (PmxPluginLoader          *loader,
+                               PmxConfig                *config,
                                const PmxTransportConfig *tc,
-                               const char               *state_dir,
                                GPtrArray                *problems,
                                GError                  **error);
 
 /* Only load and validate (for `config check`): TRUE when the options pass. */
 gboolean     pmx_instance_check (PmxPluginLoader          *loader,
+                                 PmxConfig                *config,
                                  const PmxTransportConfig *tc,
                                  GPtrArray                *problems);
 

@@ -87,11 +87,12 @@ class Gateway:
         return p
 
     def start(self, extra_args=(), wait=True):
+        readies = self.log().count(" ready: ")
         self.log_file = open(self.log_path, "ab")
         cmd = [POSTMUX, "serve", "--config", self.config_path] + list(extra_args)
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=self.log_file, env=self.env())
         if wait:
-            self.wait_log("ready", 30)
+            self.wait_log(" ready: ", 30, count=readies + 1)
         return self.proc
 
     def log(self):

@@ -11,7 +11,8 @@
  *   anything else delivered, 250 2.0.0
  * Every outcome is appended to the "log" file as one line:
  *   <unix usec> <instance> <queue id> <attempt> <recipient> <status>
- * With "open_fails": true, open_session fails as a refused connection.
+ * With "open_fails": true, open_session fails as a refused connection;
+ * "delay_ms" makes every send take that long (to catch sends in flight).
  *
  * Built only for the tests; never installed.
  */
@@ -26,6 +27,7 @@ struct _PmxTransport {
   char    *name;
   char    *log;
   gboolean open_fails;
+  gint64   delay_ms;
 };
 
 struct _PmxSession {
@@ -38,7 +40,8 @@ static const char scripted_schema[] =
   "  \"additionalProperties\": false,"
   "  \"properties\": {"
   "    \"log\": { \"type\": \"string\" },"
-  "    \"open_fails\": { \"type\": \"boolean\" }"
+  "    \"open_fails\": { \"type\": \"boolean\" },"
+  "    \"delay_ms\": { \"type\": \"integer\", \"minimum\": 0 }"
   "  }"
   "}";
 
@@ -52,6 +55,7 @@ scripted_create (const PmxTransportArgs *args,
   t->name = g_strdup (args->instance_name);
   t->log = g_strdup (json_object_get_string_member_with_default (args->options, "log", NULL));
   t->open_fails = json_object_get_boolean_member_with_default (args->options, "open_fails", FALSE);
+  t->delay_ms = json_object_get_int_member_with_default (args->options, "delay_ms", 0);
   return t;
 }
 
@@ -119,6 +123,8 @@ scripted_send (PmxSession        *s,
                gsize              len,
                PmxResult         *result)
 {
+  if (s->transport->delay_ms > 0)
+    g_usleep (s->transport->delay_ms * 1000);
   for (gsize i = 0; i < env->n_recipients; i++)
     {
       const char *r = env->recipients[i];
