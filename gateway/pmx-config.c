@@ -128,6 +128,7 @@ config_new (void)
   config->log_level = g_strdup ("info");
   config->log_format = g_strdup ("text");
   config->node_name = g_strdup (g_get_host_name ());
+  config->root = json_object_new ();
   return config;
 }
 
@@ -201,6 +202,7 @@ pmx_config_unref (PmxConfig *config)
   g_ptr_array_unref (config->routes);
   g_free (config->log_level);
   g_free (config->log_format);
+  g_clear_pointer (&config->root, json_object_unref);
   g_clear_pointer ((PmxJsonDocument **) &config->doc, pmx_json_document_free);
   g_free (config);
 }
@@ -575,6 +577,8 @@ config_load (const char  *text,
     {
       config = config_new ();
       config->path = g_strdup (origin);
+      g_clear_pointer (&config->root, json_object_unref);
+      config->root = json_object_ref (json_node_get_object (root));
       config_build (config, json_node_get_object (root), doc, problems);
       config->doc = g_steal_pointer (&doc);
     }

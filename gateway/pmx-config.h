@@ -76,6 +76,9 @@ struct _PmxConfig {
   gint64      shutdown_timeout;  /* microseconds */
   char       *log_level;
   char       *log_format;
+  JsonObject *root;              /* the whole validated file (empty object for
+                                  * the built-in default): modules such as the
+                                  * listeners read their own sections from it */
   /*< private >*/
   gpointer    doc;               /* PmxJsonDocument of the file, for lines */
 };

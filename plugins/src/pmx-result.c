@@ -20,6 +20,7 @@ struct _PmxResult {
   char               *failure_text;
   gint64              retry_after;
   char               *remote_id;
+  char               *transcript;
   gboolean            session_broken;
 };
 
@@ -53,6 +54,7 @@ pmx_result_free (PmxResult *result)
   g_free (result->recipients);
   g_free (result->failure_text);
   g_free (result->remote_id);
+  g_free (result->transcript);
   g_free (result);
 }
 
@@ -143,6 +145,21 @@ pmx_result_set_remote_id (PmxResult  *result,
   g_return_if_fail (result != NULL);
   g_free (result->remote_id);
   result->remote_id = g_strdup (remote_id);
+}
+
+void
+pmx_result_set_transcript (PmxResult  *result,
+                           const char *transcript)
+{
+  g_return_if_fail (result != NULL);
+  g_free (result->transcript);
+  result->transcript = g_strdup (transcript);
+}
+
+const char *
+pmx_result_get_transcript (PmxResult *result)
+{
+  return result->transcript;
 }
 
 void

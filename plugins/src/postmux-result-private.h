@@ -30,6 +30,7 @@ guint        pmx_result_get_failure_code   (PmxResult *result);
 gint64       pmx_result_get_retry_after    (PmxResult *result);  /* -1 when unset */
 const char  *pmx_result_get_remote_id      (PmxResult *result);
 gboolean     pmx_result_get_session_broken (PmxResult *result);
+const char  *pmx_result_get_transcript     (PmxResult *result);   /* or NULL */
 
 typedef struct {
   PmxCheckStatus status;

@@ -71,6 +71,11 @@ void pmx_result_set_retry_after (PmxResult *result,
 void pmx_result_set_remote_id (PmxResult  *result,
                                const char *remote_id);
 
+/* What was said on the wire in this attempt, secrets already redacted
+ * ("AUTH PLAIN <redacted>"), for `postmux send --test` and debug logs. */
+void pmx_result_set_transcript (PmxResult  *result,
+                                const char *transcript);
+
 /* The session is unusable after this attempt: the host closes it and opens
  * a new one for the next message. */
 void pmx_result_set_session_broken (PmxResult *result);
