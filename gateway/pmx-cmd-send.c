@@ -51,9 +51,8 @@ send_normalize (const guint8 *data,
   return g_byte_array_free_to_bytes (out);
 }
 
-/* send_compose - a plain text message from --subject/--body */
-static GBytes *
-send_compose (const char         *from,
+GBytes *
+pmx_cmd_compose_message (const char         *from,
               const char *const  *to,
               const char         *subject,
               const char         *body)
@@ -150,6 +149,8 @@ pmx_cmd_send (int    argc,
   g_autofree char *id = NULL;
   gboolean duplicate = FALSE;
   gboolean direct = FALSE;
+  gboolean test = FALSE;
+  g_autofree char *transport = NULL;
   PmxSubmission sub = { 0, };
   GOptionEntry entries[] = {
     { "from", 'f', 0, G_OPTION_ARG_STRING, &from, "Envelope sender (MAIL FROM); \"\" for the null sender", "ADDRESS" },
@@ -157,6 +158,8 @@ pmx_cmd_send (int    argc,
     { "subject", 's', 0, G_OPTION_ARG_STRING, &subject, "Compose a text message with this subject instead of reading one", "TEXT" },
     { "body", 'b', 0, G_OPTION_ARG_STRING, &body, "Body of the composed message", "TEXT" },
     { "idempotency-key", 0, 0, G_OPTION_ARG_STRING, &key, "Queue the message only once for this key", "KEY" },
+    { "test", 0, 0, G_OPTION_ARG_NONE, &test, "Send a test message through --transport now, bypassing the queue, and show the exchange", NULL },
+    { "transport", 0, 0, G_OPTION_ARG_STRING, &transport, "With --test: the transport to use", "NAME" },
     { NULL, 0, 0, 0, NULL, NULL, NULL },
   };
 
@@ -167,6 +170,8 @@ pmx_cmd_send (int    argc,
     return 2;
 
   rcpts = send_split_recipients (to);
+  if (test)
+    return pmx_cmd_send_test (&common, transport, from, rcpts, subject, body);
   if (from == NULL)
     {
       g_printerr ("postmux send: no envelope sender — give --from ADDRESS (or --from \"\" for the null sender)\n");
@@ -198,7 +203,7 @@ pmx_cmd_send (int    argc,
   if (subject != NULL || body != NULL)
     {
       g_ptr_array_add (rcpts, NULL);
-      data = send_compose (from[0] != '\0' ? from : "MAILER-DAEMON", (const char *const *) rcpts->pdata, subject, body);
+      data = pmx_cmd_compose_message (from[0] != '\0' ? from : "MAILER-DAEMON", (const char *const *) rcpts->pdata, subject, body);
       g_ptr_array_remove_index (rcpts, rcpts->len - 1);
     }
   else

@@ -49,7 +49,23 @@ gboolean   pmx_cmd_parse (const char         *name,
                           int                *argc,
                           char             ***argv);
 
+/* A plain text message (CRLF) from a subject and body, with Date and
+ * Message-ID. (transfer full) */
+GBytes    *pmx_cmd_compose_message (const char        *from,
+                                    const char *const *to,
+                                    const char        *subject,
+                                    const char        *body);
+
+/* `postmux send --test`: one message through one transport, now. */
+int        pmx_cmd_send_test (PmxCmdCommon *common,
+                              const char   *transport,
+                              const char   *from,
+                              GPtrArray    *recipients,
+                              const char   *subject,
+                              const char   *body);
+
 int pmx_cmd_serve  (int argc, char **argv);
+int pmx_cmd_doctor (int argc, char **argv);
 int pmx_cmd_send   (int argc, char **argv);
 int pmx_cmd_queue  (int argc, char **argv);
 int pmx_cmd_config (int argc, char **argv);

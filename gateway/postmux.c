@@ -20,6 +20,7 @@ static const struct {
   { "send", pmx_cmd_send, "queue one message (from a file, stdin, or --subject/--body)" },
   { "queue", pmx_cmd_queue, "list, show, retry or delete queued messages" },
   { "config", pmx_cmd_config, "check a config file: postmux config check [--config F]" },
+  { "doctor", pmx_cmd_doctor, "check one transport: DNS, connection, TLS, login, token" },
   { "reload", pmx_cmd_reload, "make the running daemon re-read its config (like SIGHUP)" },
 };
 

@@ -56,6 +56,23 @@ try:
     tap.ok(re.search(r'line \d+: /transports/t/options/colour: unknown property "colour"', out), "unknown plugin option, with its line", out)
     tap.ok("/transports/u/plugin:" in out and "pmx-nosuchplugin.so" in out, "a missing plugin names the file", out)
 
+    # doctor and send --test talk to one transport directly.
+    p = gw.run("doctor", "t")
+    tap.eq((p.returncode, p.stdout.decode()),
+           (0, "transport t (scripted plugin)\n  warn  verdict  the scripted plugin has no checks of its own\nresult: ok, with warnings\n"),
+           "doctor on a transport without checks")
+    p = gw.run("doctor", "nope")
+    tap.ok(p.returncode == 1 and 'no transport "nope"' in p.stderr.decode() and "transports: t" in p.stderr.decode(),
+           "doctor names the transports that exist", p.stderr)
+    p = gw.run("send", "--test", "--transport", "t", "--from", "a@x.test", "--to", "ok@y.test,permfail@y.test")
+    tap.eq((p.returncode, p.stdout.decode()),
+           (1, "<ok@y.test> delivered (250 2.0.0 scripted: ok)\n<permfail@y.test> bounced (550 5.1.1 scripted: no such user)\n"
+               "result: NOT delivered\n"), "send --test prints each recipient's reply")
+    tap.eq([(l[2], l[4]) for l in scripted_log(log)], [("TEST", "ok@y.test"), ("TEST", "permfail@y.test")],
+           "send --test went straight to the transport")
+    tap.ok(not os.path.exists(os.path.join(gw.state, "queue.db")), "and did not touch the queue")
+    os.unlink(log)
+
     # send refuses bad envelopes before queueing anything.
     p = gw.run("send", "--from", "a@x.test", input=b"Subject: x\n\nhi\n")
     tap.ok(p.returncode == 2 and "no recipients" in p.stderr.decode(), "send without --to", p.stderr)
