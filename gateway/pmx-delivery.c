@@ -149,6 +149,39 @@ delivery_status_name (PmxRcptState state)
     }
 }
 
+/* delivery_summary - one line for the attempt: each outcome once, with
+ * its count and the first reply that gave it, e.g.
+ * "delivered 2 (250 2.0.0 ok); bounced 1 (550 5.1.1 no such user)" */
+static char *
+delivery_summary (const PmxAttemptRecipient *outcomes,
+                  gsize                      n)
+{
+  static const PmxRcptState order[] = {
+    PMX_RCPT_STATE_DELIVERED, PMX_RCPT_STATE_DEFERRED, PMX_RCPT_STATE_BOUNCED, PMX_RCPT_STATE_EXPIRED,
+  };
+  GString *s = g_string_new (NULL);
+
+  for (gsize k = 0; k < G_N_ELEMENTS (order); k++)
+    {
+      const PmxAttemptRecipient *first = NULL;
+      guint count = 0;
+
+      for (gsize i = 0; i < n; i++)
+        if (outcomes[i].state == order[k])
+          {
+            first = first != NULL ? first : &outcomes[i];
+            count++;
+          }
+      if (first == NULL)
+        continue;
+      g_string_append_printf (s, "%s%s %u (%u%s%s %s)", s->len > 0 ? "; " : "",
+                              delivery_status_name (order[k]), count, first->code,
+                              first->enhanced != NULL ? " " : "", first->enhanced != NULL ? first->enhanced : "",
+                              first->text != NULL ? first->text : "");
+    }
+  return g_string_free (s, FALSE);
+}
+
 /* delivery_run - one attempt of @job on @pool's transport */
 static void
 delivery_run (DeliveryPool *pool,
@@ -281,11 +314,8 @@ delivery_run (DeliveryPool *pool,
 
   if (failure != PMX_FAILURE_NONE)
     summary = g_strdup (pmx_result_get_failure_text (result));
-  else if (pending->len > 1)
-    summary = g_strdup_printf ("%u %s%s%s", outcomes[0].code,
-                               outcomes[0].enhanced != NULL ? outcomes[0].enhanced : "",
-                               outcomes[0].enhanced != NULL ? " " : "",
-                               outcomes[0].text != NULL ? outcomes[0].text : "");
+  else
+    summary = delivery_summary (outcomes, pending->len - 1);
 
   attempt.transport = transport;
   attempt.recipients = outcomes;

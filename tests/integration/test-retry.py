@@ -58,6 +58,8 @@ try:
     tap.ok(out and "<ok@x.test> delivered (250 2.0.0 scripted: ok)" in out,
            "the other recipient was delivered", out)
     tap.eq(len([l for l in scripted_log(log_a) if l[2] == q2]), 2, "one attempt, no retry of a bounce")
+    tap.ok(out and "last reply:   delivered 1 (250 2.0.0 scripted: ok); bounced 1 (550 5.1.1 scripted: no such user)\n" in out,
+           "the last reply sums up the attempt", out)
 
     # tempfail forever: expires after max_age (6 s) with the last reply.
     q3 = qid_of(gw.send("s@example.test", ["tempfail@x.test"], message(3)))
