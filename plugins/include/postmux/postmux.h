@@ -10,5 +10,6 @@
 #include <postmux/postmux-result.h>
 #include <postmux/postmux-secret.h>
 #include <postmux/postmux-transport.h>
+#include <postmux/postmux-smtp.h>
 
 #undef __PMX_H_INSIDE__

@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * postmux-smtp.h - the SDK's SMTP client engine, shared by the smtp and
+ * oauth2-smtp transports.
+ *
+ * One PmxSmtpClient is one (re)usable connection to one server, driven by
+ * plain blocking calls from one delivery worker thread at a time.  It
+ * connects (implicit TLS or STARTTLS), says EHLO, authenticates, then sends
+ * any number of messages, filling a PmxResult per message with one outcome
+ * per recipient and the transcript of what was said (secrets redacted).
+ * It reconnects by itself between messages when the server went away.
+ */
+#pragma once
+
+#if !defined(__PMX_H_INSIDE__) && !defined(PMX_COMPILATION)
+#error "Only <postmux/postmux.h> can be included directly."
+#endif
+
+#include <glib.h>
+#include <postmux/postmux-result.h>
+#include <postmux/postmux-transport.h>
+
+G_BEGIN_DECLS
+
+typedef enum {
+  PMX_SMTP_SECURITY_NONE,           /* plaintext; never STARTTLS */
+  PMX_SMTP_SECURITY_STARTTLS,       /* STARTTLS required (RFC 3207) */
+  PMX_SMTP_SECURITY_TLS,            /* implicit TLS from the first byte (RFC 8314) */
+  PMX_SMTP_SECURITY_OPPORTUNISTIC,  /* STARTTLS when offered, else plaintext */
+} PmxSmtpSecurity;
+
+typedef enum {
+  PMX_SMTP_AUTH_NONE,
+  PMX_SMTP_AUTH_AUTO,         /* strongest offered: CRAM-MD5 > PLAIN > LOGIN */
+  PMX_SMTP_AUTH_PLAIN,        /* RFC 4616 */
+  PMX_SMTP_AUTH_LOGIN,        /* draft-murchison-sasl-login */
+  PMX_SMTP_AUTH_CRAM_MD5,     /* RFC 2195 */
+  PMX_SMTP_AUTH_XOAUTH2,      /* Google/Microsoft; the secret is the access token */
+  PMX_SMTP_AUTH_OAUTHBEARER,  /* RFC 7628; the secret is the access token */
+} PmxSmtpAuth;
+
+typedef enum {
+  PMX_SMTP_TLS_1_2,
+  PMX_SMTP_TLS_1_3,
+} PmxSmtpTlsVersion;
+
+/**
+ * PmxSmtpConfig:
+ * @host: server name or address literal (also the name the certificate
+ *   must carry, and the SNI).
+ * @port: 0 for the default of @security (25, 587, 465, 25).
+ * @security: see #PmxSmtpSecurity.
+ * @helo_name: the EHLO/HELO argument; NULL for the machine's host name.
+ * @tls_verify: verify the server certificate and its name (say TRUE).
+ * @ca_file: PEM file of trusted CAs, in addition to the system store.
+ * @tls_min_version: lowest TLS version accepted.
+ * @connect_timeout_ms, @command_timeout_ms, @data_timeout_ms: per phase
+ *   (0 for 30 s, 300 s, 600 s).  The data timeout covers each write of the
+ *   message and the reply to the final dot.
+ * @auth: mechanism; NONE ignores @username and @secret.
+ * @username: authentication identity.
+ * @secret: password, or access token for XOAUTH2/OAUTHBEARER (copied;
+ *   the copy is wiped when replaced or freed).
+ * @allow_plaintext_auth: let PLAIN, LOGIN and the OAuth mechanisms run on
+ *   an unencrypted connection.
+ * @max_messages_per_connection: QUIT and reconnect after this many
+ *   messages (0: no limit).
+ * @transcript_limit: bytes of transcript kept per message (0: 64 KiB).
+ *
+ * Borrowed by pmx_smtp_client_new() for the duration of the call.
+ */
+typedef struct {
+  const char       *host;
+  guint16           port;
+  PmxSmtpSecurity   security;
+  const char       *helo_name;
+  gboolean          tls_verify;
+  const char       *ca_file;
+  PmxSmtpTlsVersion tls_min_version;
+  guint             connect_timeout_ms;
+  guint             command_timeout_ms;
+  guint             data_timeout_ms;
+  PmxSmtpAuth       auth;
+  const char       *username;
+  const char       *secret;
+  gboolean          allow_plaintext_auth;
+  guint             max_messages_per_connection;
+  gsize             transcript_limit;
+  gpointer          _pmx_reserved[8];
+} PmxSmtpConfig;
+
+/* Errors of connect/probe.  pmx_smtp_error_get_failure() says how the host
+ * should class each one. */
+#define PMX_SMTP_ERROR (pmx_smtp_error_quark ())
+typedef enum {
+  PMX_SMTP_ERROR_FAILED,               /* anything else (temporary) */
+  PMX_SMTP_ERROR_RESOLVE,              /* DNS failed (temporary) */
+  PMX_SMTP_ERROR_CONNECT,              /* refused, unreachable (temporary) */
+  PMX_SMTP_ERROR_TIMEOUT,              /* a phase took too long (temporary) */
+  PMX_SMTP_ERROR_TLS,                  /* handshake failed (temporary) */
+  PMX_SMTP_ERROR_CERTIFICATE,          /* certificate not trusted (config) */
+  PMX_SMTP_ERROR_CLOSED,               /* server closed, or said 421 (temporary) */
+  PMX_SMTP_ERROR_PROTOCOL,             /* unparseable reply (temporary) */
+  PMX_SMTP_ERROR_REJECTED,             /* greeting/EHLO refused: 4xx temporary, 5xx config */
+  PMX_SMTP_ERROR_STARTTLS_UNAVAILABLE, /* security starttls, not offered (config) */
+  PMX_SMTP_ERROR_AUTH_UNAVAILABLE,     /* mechanism not offered or not allowed (config) */
+  PMX_SMTP_ERROR_AUTH_FAILED,          /* 535/534/530...: credentials refused (auth) */
+  PMX_SMTP_ERROR_AUTH_TEMPORARY,       /* 454 and other 4xx to AUTH (temporary) */
+} PmxSmtpError;
+
+GQuark pmx_smtp_error_quark (void);
+
+/* How a host classes @error (any domain: non-SMTP errors are TEMPORARY). */
+PmxFailureClass pmx_smtp_error_get_failure (const GError *error);
+
+/* The PMX_TRANSPORT_ERROR code open_session() should report for @error. */
+PmxTransportErrorCode pmx_smtp_error_get_transport_code (const GError *error);
+
+typedef struct _PmxSmtpClient PmxSmtpClient;
+
+/* A client for @config; nothing is sent until connect or send.
+ * (transfer full) */
+PmxSmtpClient *pmx_smtp_client_new  (const PmxSmtpConfig *config);
+/* QUIT if connected, close, wipe the secret and free. NULL allowed. */
+void           pmx_smtp_client_free (PmxSmtpClient *client);
+
+/* Replace the password or token (an OAuth2 transport after a refresh);
+ * takes effect at the next AUTH. */
+void pmx_smtp_client_set_secret (PmxSmtpClient *client,
+                                 const char    *secret);
+
+/* Connect, TLS, EHLO, AUTH: ready to send.  Does nothing when already
+ * connected.  FALSE with @error in PMX_SMTP_ERROR; the server's reply, if
+ * one caused it, is in pmx_smtp_client_get_last_reply(). */
+gboolean pmx_smtp_client_connect (PmxSmtpClient *client,
+                                  GError       **error);
+
+/* QUIT (best effort) and close. */
+void     pmx_smtp_client_disconnect (PmxSmtpClient *client);
+
+gboolean pmx_smtp_client_is_connected (PmxSmtpClient *client);
+
+/* Send one message: RSET/NOOP or reconnect as needed, MAIL, RCPT...,
+ * DATA.  Fills @result: one outcome per recipient, or a whole-attempt
+ * failure (TEMPORARY for network/TLS/timeouts/421, AUTH, CONFIG,
+ * PERMANENT for a message the server can never take), the transcript of
+ * this attempt, the server's queue id, and session_broken when the
+ * connection is gone.  @message has CRLF line ends (bare LF is fixed). */
+void     pmx_smtp_client_send (PmxSmtpClient     *client,
+                               const PmxEnvelope *envelope,
+                               const guint8      *message,
+                               gsize              message_len,
+                               PmxResult         *result);
+
+/* The last reply read (code 0 when none); borrowed until the next call. */
+guint       pmx_smtp_client_get_last_reply (PmxSmtpClient *client,
+                                            const char   **out_enhanced,
+                                            const char   **out_text);
+
+/* The transcript collected since the last send() or take: "C: " and "S: "
+ * lines and "*: " notes, secrets shown as <redacted>. (transfer full) */
+char       *pmx_smtp_client_take_transcript (PmxSmtpClient *client);
+
+/* The mechanism AUTH used on this connection ("PLAIN"), or NULL. */
+const char *pmx_smtp_client_get_auth_mechanism (PmxSmtpClient *client);
+
+/* Connections opened since creation (for tests and metrics). */
+guint       pmx_smtp_client_get_n_connections (PmxSmtpClient *client);
+
+/**
+ * PmxSmtpProbe:
+ * What `postmux doctor` shows.  Every string may be NULL when that step
+ * was not reached; string arrays are NULL-terminated.
+ */
+typedef struct {
+  char   **addresses;         /* resolved addresses of host */
+  char    *connected_to;      /* "127.0.0.1:587" */
+  char    *tls_version;       /* "TLSv1.3" */
+  char    *tls_cipher;
+  char    *cert_subject;      /* RFC 2253 */
+  char    *cert_issuer;
+  char    *cert_not_after;    /* "2027-01-31T12:00:00Z" */
+  gboolean cert_verified;
+  char    *verify_result;     /* OpenSSL's words: "ok", "self-signed certificate"... */
+  char   **caps_before_tls;   /* EHLO lines before STARTTLS (or the only EHLO) */
+  char   **caps_after_tls;    /* EHLO lines after STARTTLS */
+  char   **auth_offered;      /* mechanisms the server offers */
+  char    *auth_mechanism;    /* the one tried, NULL when AUTH was not tried */
+  gboolean auth_ok;
+  guint    auth_code;         /* reply to the AUTH exchange */
+  char    *auth_enhanced;
+  char    *auth_text;
+  GError  *error;             /* why the probe stopped; NULL when all went well */
+  char    *transcript;
+  gpointer _pmx_reserved[8];
+} PmxSmtpProbe;
+
+/* Connect, show TLS, EHLO before/after STARTTLS, AUTH (when a username is
+ * set), QUIT.  With tls_verify on, an untrusted certificate is reported
+ * (details filled) and the probe stops there.  Always returns a probe;
+ * probe->error says what failed.  (transfer full) */
+PmxSmtpProbe *pmx_smtp_client_probe (PmxSmtpClient *client);
+void          pmx_smtp_probe_free   (PmxSmtpProbe  *probe);
+
+/* SASL initial responses, base64 (transfer full; wipe with
+ * pmx_secret_free()).  XOAUTH2: user=U^Aauth=Bearer T^A^A.  OAUTHBEARER
+ * (RFC 7628): n,a=U,^Ahost=H^Aport=P^Aauth=Bearer T^A^A (host/port left
+ * out when NULL/0). */
+char *pmx_smtp_sasl_xoauth2     (const char *user,
+                                 const char *token);
+char *pmx_smtp_sasl_oauthbearer (const char *user,
+                                 const char *host,
+                                 guint       port,
+                                 const char *token);
+/* PLAIN: base64(authzid NUL user NUL password) with an empty authzid. */
+char *pmx_smtp_sasl_plain       (const char *user,
+                                 const char *password);
+/* CRAM-MD5 reply to the decoded @challenge: base64(user " " hex hmac-md5). */
+char *pmx_smtp_sasl_cram_md5    (const char   *user,
+                                 const char   *password,
+                                 const guint8 *challenge,
+                                 gsize         challenge_len);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PmxSmtpClient, pmx_smtp_client_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PmxSmtpProbe, pmx_smtp_probe_free)
+
+G_END_DECLS
