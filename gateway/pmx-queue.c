@@ -1989,6 +1989,43 @@ pmx_queue_count (PmxQueue    *queue,
   return count;
 }
 
+gboolean
+pmx_queue_foreach_attempt (PmxQueue           *queue,
+                           PmxQueueAttemptFunc func,
+                           gpointer            user_data,
+                           GError            **error)
+{
+  QueueConn *conn;
+  gboolean ok;
+
+  g_return_val_if_fail (queue != NULL, FALSE);
+  g_return_val_if_fail (func != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  conn = &queue->rconn;
+  g_mutex_lock (&queue->read_lock);
+  ok = queue_exec (conn, "BEGIN", "starting a read", error);
+  if (ok)
+    {
+      g_auto (QueueStmt) stmt = queue_prepare (conn,
+          "SELECT transport, started, finished, outcomes FROM attempts ORDER BY seq", error);
+      gboolean row = FALSE;
+
+      ok = (stmt != NULL);
+      while (ok)
+        {
+          ok = queue_step (conn, stmt, "reading the attempt log", &row, error);
+          if (!ok || !row)
+            break;
+          func ((const char *) sqlite3_column_text (stmt, 0), sqlite3_column_int64 (stmt, 1),
+                sqlite3_column_int64 (stmt, 2), (const char *) sqlite3_column_text (stmt, 3), user_data);
+        }
+      ok = queue_read_end (conn, ok, error);
+    }
+  g_mutex_unlock (&queue->read_lock);
+  return ok;
+}
+
 /* ---- for tests --------------------------------------------------------- */
 
 guint64

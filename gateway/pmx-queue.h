@@ -220,6 +220,17 @@ gboolean         pmx_queue_delete   (PmxQueue    *queue,
 gint64           pmx_queue_count    (PmxQueue    *queue,
                                      PmxMsgState  state,
                                      GError     **error);
+/* Call @func on every row of the attempt log (oldest first), for metrics.
+ * Runs under the queue's read lock: @func must not call the queue. */
+typedef void (*PmxQueueAttemptFunc) (const char *transport,  /* may be NULL */
+                                     gint64      started,    /* microseconds */
+                                     gint64      finished,   /* microseconds */
+                                     const char *outcomes,   /* as PmxQueueAttemptRecord.outcomes */
+                                     gpointer    user_data);
+gboolean         pmx_queue_foreach_attempt (PmxQueue           *queue,
+                                            PmxQueueAttemptFunc func,
+                                            gpointer            user_data,
+                                            GError            **error);
 /* Delete delivered messages finished before @before; returns how many. */
 gint64           pmx_queue_purge    (PmxQueue    *queue,
                                      gint64       before,
