@@ -7,7 +7,9 @@ pkgs=(
   meson ninja-build pkg-config gcc
   libglib2.0-dev libjson-glib-dev libsoup-3.0-dev libcurl4-openssl-dev
   libssl-dev libsqlite3-dev libgmime-3.0-dev
-  json-schema-test-suite python3 swaks
+  json-schema-test-suite python3 swaks python3-aiosmtpd openssl glib-networking
+  libcrypt-dev libnet-ssleay-perl libio-socket-ssl-perl msmtp curl
+  clang libclang-rt-14-dev
 )
 
 missing=()

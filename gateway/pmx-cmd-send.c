@@ -19,38 +19,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* send_normalize - CRLF line ends; FALSE on a bare CR */
-static GBytes *
-send_normalize (const guint8 *data,
-                gsize         len,
-                GError      **error)
-{
-  GByteArray *out = g_byte_array_sized_new (len + len / 32 + 2);
-
-  for (gsize i = 0; i < len; i++)
-    {
-      if (data[i] == '\r')
-        {
-          if (i + 1 >= len || data[i + 1] != '\n')
-            {
-              g_byte_array_unref (out);
-              g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                           "the message has a bare CR (byte %" G_GSIZE_FORMAT ") — use LF or CRLF line ends", i);
-              return NULL;
-            }
-          g_byte_array_append (out, (const guint8 *) "\r\n", 2);
-          i++;
-        }
-      else if (data[i] == '\n')
-        g_byte_array_append (out, (const guint8 *) "\r\n", 2);
-      else
-        g_byte_array_append (out, &data[i], 1);
-    }
-  if (out->len < 2 || out->data[out->len - 1] != '\n')
-    g_byte_array_append (out, (const guint8 *) "\r\n", 2);
-  return g_byte_array_free_to_bytes (out);
-}
-
 GBytes *
 pmx_cmd_compose_message (const char         *from,
               const char *const  *to,
@@ -70,30 +38,7 @@ pmx_cmd_compose_message (const char         *from,
                           date, from, rcpts, subject != NULL ? subject : "", uuid,
                           at != NULL ? at + 1 : g_get_host_name (), body != NULL ? body : "");
   text = g_string_free (msg, FALSE);
-  return send_normalize ((const guint8 *) text, strlen (text), NULL);
-}
-
-/* send_read_all - the whole of a file or stdin */
-static GBytes *
-send_read_all (const char *path,
-               GError    **error)
-{
-  g_autoptr(GInputStream) in = NULL;
-  g_autoptr(GOutputStream) out = g_memory_output_stream_new_resizable ();
-
-  if (path == NULL || strcmp (path, "-") == 0)
-    in = g_unix_input_stream_new (STDIN_FILENO, FALSE);
-  else
-    {
-      g_autoptr(GFile) file = g_file_new_for_commandline_arg (path);
-
-      in = G_INPUT_STREAM (g_file_read (file, NULL, error));
-      if (in == NULL)
-        return NULL;
-    }
-  if (g_output_stream_splice (out, in, G_OUTPUT_STREAM_SPLICE_CLOSE_TARGET, NULL, error) < 0)
-    return NULL;
-  return g_memory_output_stream_steal_as_bytes (G_MEMORY_OUTPUT_STREAM (out));
+  return pmx_cmd_normalize_crlf ((const guint8 *) text, strlen (text), NULL);
 }
 
 /* send_split_recipients - --to values, commas allowed */
@@ -117,20 +62,6 @@ send_split_recipients (char **to)
   return rcpts;
 }
 
-/* send_valid_address - a mailbox a@b without spaces, brackets or controls */
-static gboolean
-send_valid_address (const char *address)
-{
-  const char *at = strrchr (address, '@');
-
-  if (at == NULL || at == address || at[1] == '\0' || strlen (address) > 254)
-    return FALSE;
-  for (const char *p = address; *p != '\0'; p++)
-    if ((guchar) *p <= ' ' || *p == '<' || *p == '>' || *p == 0x7f)
-      return FALSE;
-  return TRUE;
-}
-
 int
 pmx_cmd_send (int    argc,
               char **argv)
@@ -145,7 +76,6 @@ pmx_cmd_send (int    argc,
   g_autoptr(PmxConfig) config = NULL;
   g_autoptr(GPtrArray) rcpts = NULL;
   g_autoptr(GBytes) data = NULL;
-  g_autofree char *socket_path = NULL;
   g_autofree char *id = NULL;
   gboolean duplicate = FALSE;
   gboolean direct = FALSE;
@@ -177,7 +107,7 @@ pmx_cmd_send (int    argc,
       g_printerr ("postmux send: no envelope sender — give --from ADDRESS (or --from \"\" for the null sender)\n");
       return 2;
     }
-  if (from[0] != '\0' && !send_valid_address (from))
+  if (from[0] != '\0' && !pmx_cmd_valid_address (from))
     {
       g_printerr ("postmux send: --from \"%s\" is not an address like user@example.com\n", from);
       return 2;
@@ -188,7 +118,7 @@ pmx_cmd_send (int    argc,
       return 2;
     }
   for (guint i = 0; i < rcpts->len; i++)
-    if (!send_valid_address (g_ptr_array_index (rcpts, i)))
+    if (!pmx_cmd_valid_address (g_ptr_array_index (rcpts, i)))
       {
         g_printerr ("postmux send: --to \"%s\" is not an address like user@example.com\n",
                     (char *) g_ptr_array_index (rcpts, i));
@@ -208,10 +138,10 @@ pmx_cmd_send (int    argc,
     }
   else
     {
-      g_autoptr(GBytes) raw = send_read_all (argc > 1 ? argv[1] : NULL, &error);
+      g_autoptr(GBytes) raw = pmx_cmd_read_all (argc > 1 ? argv[1] : NULL, &error);
 
       if (raw != NULL)
-        data = send_normalize (g_bytes_get_data (raw, NULL), g_bytes_get_size (raw), &error);
+        data = pmx_cmd_normalize_crlf (g_bytes_get_data (raw, NULL), g_bytes_get_size (raw), &error);
       if (data == NULL)
         {
           g_printerr ("postmux send: %s: %s\n", argc > 1 ? argv[1] : "stdin", error->message);
@@ -238,30 +168,7 @@ pmx_cmd_send (int    argc,
   sub.data = data;
   sub.idempotency_key = key;
 
-  socket_path = pmx_config_dup_socket_path (config);
-  id = pmx_control_submit (socket_path, &sub, &duplicate, &error);
-  if (id == NULL && g_error_matches (error, PMX_CONTROL_ERROR, PMX_CONTROL_ERROR_UNREACHABLE))
-    {
-      PmxQueue *queue;
-
-      /* No daemon: queue it ourselves; the daemon picks it up when it starts. */
-      g_clear_error (&error);
-      direct = TRUE;
-      if (g_mkdir_with_parents (config->state_dir, 0700) != 0)
-        {
-          g_printerr ("postmux send: cannot create state_dir %s: %s\n", config->state_dir, g_strerror (errno));
-          return 1;
-        }
-      queue = pmx_queue_open (config->queue_path, &error);
-      if (queue != NULL)
-        {
-          g_autofree char *user = g_strdup_printf ("local:%s", g_get_user_name ());
-
-          sub.ingress = user;
-          id = pmx_queue_submit (queue, &sub, &duplicate, &error);
-          pmx_queue_close (queue);
-        }
-    }
+  id = pmx_cmd_submit (config, &sub, &duplicate, &direct, &error);
   if (id == NULL)
     {
       g_printerr ("postmux send: not queued: %s\n", error->message);

@@ -12,10 +12,12 @@
 
 #include "pmx-control.h"
 #include "pmx-delivery.h"
+#include "pmx-httpd.h"
 #include "pmx-duration.h"
 #include "pmx-instance.h"
 #include "pmx-log.h"
 #include "pmx-queue.h"
+#include "pmx-smtpd.h"
 
 #include <glib-unix.h>
 #include <glib/gstdio.h>
@@ -29,6 +31,8 @@ typedef struct {
   PmxQueue        *queue;
   PmxDelivery     *delivery;
   PmxControl      *control;
+  PmxHttpd        *httpd;     /* NULL unless listen.http is configured */
+  PmxSmtpd        *smtpd;     /* NULL unless listen.smtp is configured */
 } Serve;
 
 /* serve_used - is transport @name the default or in any route */
@@ -126,6 +130,8 @@ serve_reload (gpointer user_data,
   pmx_log_set_format (g_strcmp0 (config->log_format, "json") == 0 ? PMX_LOG_JSON : PMX_LOG_TEXT);
   g_clear_pointer (&serve->config, pmx_config_unref);
   serve->config = g_steal_pointer (&config);
+  if (serve->httpd != NULL)
+    pmx_httpd_apply (serve->httpd, serve->config);
   return TRUE;
 }
 
@@ -214,6 +220,25 @@ serve_open (Serve   *serve,
   if (serve->control == NULL)
     return FALSE;
 
+  /* The HTTP API keeps its listeners; a reload hands it new API keys. */
+  if (json_object_has_member (serve->config->root, "listen")
+      && json_object_has_member (json_object_get_object_member (serve->config->root, "listen"), "http"))
+    {
+      serve->httpd = pmx_httpd_new (serve->config, serve->queue, serve_wake, serve, error);
+      if (serve->httpd == NULL || !pmx_httpd_start (serve->httpd, error))
+        return FALSE;
+    }
+
+  /* The SMTP listener keeps the settings it started with: a reload changes
+   * routes and transports, not listen.smtp, tls, smtpd or auth. */
+  if (json_object_has_member (serve->config->root, "listen")
+      && json_object_has_member (json_object_get_object_member (serve->config->root, "listen"), "smtp"))
+    {
+      serve->smtpd = pmx_smtpd_new (serve->config, serve->queue, serve_wake, serve, error);
+      if (serve->smtpd == NULL || !pmx_smtpd_start (serve->smtpd, error))
+        return FALSE;
+    }
+
   pmx_delivery_start (serve->delivery);
   described = serve_describe (serve->config);
   pmx_log_info (NULL, NULL, "postmux %s ready: config %s, queue %s, control socket %s; default transport %s; transports: %s",
@@ -230,6 +255,8 @@ serve_close (Serve *serve)
   guint left = 0;
 
   g_clear_pointer (&serve->control, pmx_control_free);
+  g_clear_pointer (&serve->httpd, pmx_httpd_free);
+  g_clear_pointer (&serve->smtpd, pmx_smtpd_free);
   if (serve->delivery != NULL)
     left = pmx_delivery_stop (serve->delivery, serve->config->shutdown_timeout);
   if (left > 0)

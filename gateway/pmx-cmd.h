@@ -7,6 +7,7 @@
 
 #include "pmx-config.h"
 #include "pmx-plugin-loader.h"
+#include "pmx-queue.h"
 
 G_BEGIN_DECLS
 
@@ -64,11 +65,39 @@ int        pmx_cmd_send_test (PmxCmdCommon *common,
                               const char   *subject,
                               const char   *body);
 
+/* Shared by `send` and `sendmail` (pmx-cmd-submit.c). */
+#define PMX_CMD_SUBMIT_ERROR (pmx_cmd_submit_error_quark ())
+typedef enum {
+  PMX_CMD_SUBMIT_ERROR_FAILED,
+  PMX_CMD_SUBMIT_ERROR_STATE_DIR,   /* the state directory cannot be created */
+} PmxCmdSubmitErrorCode;
+GQuark     pmx_cmd_submit_error_quark (void);
+
+/* CRLF line ends (LF becomes CRLF); NULL on a bare CR. (transfer full) */
+GBytes    *pmx_cmd_normalize_crlf (const guint8 *data,
+                                   gsize         len,
+                                   GError      **error);
+/* All of @path, or of stdin for NULL or "-". (transfer full) */
+GBytes    *pmx_cmd_read_all       (const char   *path,
+                                   GError      **error);
+/* A mailbox a@b without spaces, brackets or controls. */
+gboolean   pmx_cmd_valid_address  (const char   *address);
+/* Queue @sub through the daemon's control socket, or straight into the
+ * queue when no daemon answers (*@out_direct; @sub->ingress is then
+ * "local:USER").  Returns the queue id, after the durable commit. */
+char      *pmx_cmd_submit         (PmxConfig     *config,
+                                   PmxSubmission *sub,
+                                   gboolean      *out_duplicate,
+                                   gboolean      *out_direct,
+                                   GError       **error);
+
 int pmx_cmd_serve  (int argc, char **argv);
 int pmx_cmd_doctor (int argc, char **argv);
 int pmx_cmd_send   (int argc, char **argv);
 int pmx_cmd_queue  (int argc, char **argv);
 int pmx_cmd_config (int argc, char **argv);
 int pmx_cmd_reload (int argc, char **argv);
+int pmx_cmd_passwd   (int argc, char **argv);
+int pmx_cmd_sendmail (int argc, char **argv);
 
 G_END_DECLS

@@ -8,6 +8,7 @@
 #include "pmx-log.h"
 
 #include <locale.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,8 @@ static const struct {
   { "config", pmx_cmd_config, "check a config file: postmux config check [--config F]" },
   { "doctor", pmx_cmd_doctor, "check one transport: DNS, connection, TLS, login, token" },
   { "reload", pmx_cmd_reload, "make the running daemon re-read its config (like SIGHUP)" },
+  { "passwd", pmx_cmd_passwd, "hash a password for auth.smtp_users, or make an API key (--api-key)" },
+  { "sendmail", pmx_cmd_sendmail, "sendmail-compatible: queue a message from stdin (-t, -f, -F, -i)" },
 };
 
 const GOptionEntry *
@@ -148,7 +151,20 @@ main (int    argc,
       char **argv)
 {
   setlocale (LC_ALL, "");
+  /* A peer that closes a socket must give EPIPE, not kill a worker. */
+  signal (SIGPIPE, SIG_IGN);
   pmx_log_init (PMX_LOG_TEXT, "info");
+
+  /* Installed as (or linked to) "sendmail": behave as `postmux sendmail`. */
+  {
+    g_autofree char *base = g_path_get_basename (argv[0]);
+
+    if (strcmp (base, "sendmail") == 0)
+      {
+        g_set_prgname ("sendmail");
+        return pmx_cmd_sendmail (argc, argv);
+      }
+  }
 
   if (argc < 2 || strcmp (argv[1], "--help") == 0 || strcmp (argv[1], "-h") == 0 || strcmp (argv[1], "help") == 0)
     {
