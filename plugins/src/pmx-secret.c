@@ -12,6 +12,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* A password, token or key file is small; anything bigger is a mistake. */
+#define PMX_SECRET_MAX_FILE (64 * 1024)
+
 G_DEFINE_QUARK (pmx-secret-error-quark, pmx_secret_error)
 
 gboolean
@@ -38,6 +41,13 @@ secret_read_file (const char *ref,
                    saved == ENOENT ? PMX_SECRET_ERROR_NOT_FOUND : PMX_SECRET_ERROR_FAILED,
                    "secret \"%s\": cannot read %s: %s — create the file or fix the reference",
                    ref, path, g_strerror (saved));
+      return NULL;
+    }
+  if (!S_ISREG (st.st_mode) || st.st_size > PMX_SECRET_MAX_FILE)
+    {
+      g_set_error (error, PMX_SECRET_ERROR, PMX_SECRET_ERROR_FAILED,
+                   "secret \"%s\": %s is not a regular file of at most 64 KiB — point the reference at the file holding the secret",
+                   ref, path);
       return NULL;
     }
   if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)

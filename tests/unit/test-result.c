@@ -5,6 +5,7 @@
 #include "postmux-result-private.h"
 
 #include <glib/gstdio.h>
+#include <string.h>
 
 /* /result/recipients/mixed - per-recipient outcomes are kept exactly */
 static void
@@ -109,6 +110,12 @@ test_secret_file (void)
   s = pmx_secret_resolve ("file:relative/path", &error);
   g_assert_null (s);
   g_assert_error (error, PMX_SECRET_ERROR, PMX_SECRET_ERROR_FAILED);
+  g_clear_error (&error);
+  /* Not a regular file: refused before anything is read. */
+  s = pmx_secret_resolve ("file:/dev/zero", &error);
+  g_assert_null (s);
+  g_assert_error (error, PMX_SECRET_ERROR, PMX_SECRET_ERROR_FAILED);
+  g_assert_nonnull (strstr (error->message, "not a regular file"));
   g_rmdir (dir);
 }
 
