@@ -533,6 +533,23 @@ config_build (PmxConfig       *config,
     }
 }
 
+/* config_one_line - @text with control characters shown as \xNN, so a
+ * quoted value can never break a problem list or a log line */
+static char *
+config_one_line (const char *text)
+{
+  GString *out = g_string_sized_new (strlen (text));
+
+  for (const char *p = text; *p != '\0'; p++)
+    {
+      if ((guchar) *p < 0x20 || *p == 0x7f)
+        g_string_append_printf (out, "\\x%02x", (guint) (guchar) *p);
+      else
+        g_string_append_c (out, *p);
+    }
+  return g_string_free (out, FALSE);
+}
+
 /* config_load - parse, validate, build; @lenient keeps a config that
  * passed the schema even when cross-checks found problems */
 static PmxConfig *
@@ -555,11 +572,11 @@ config_load (const char  *text,
   doc = pmx_json_document_parse (text, -1, &local_error);
   if (doc == NULL)
     {
-      g_ptr_array_add (problems, g_strdup (local_error->message));
+      g_ptr_array_add (problems, config_one_line (local_error->message));
+      g_set_error (error, PMX_CONFIG_ERROR, PMX_CONFIG_ERROR_PARSE,
+                   "%s: not valid JSON: %s", origin, (char *) g_ptr_array_index (problems, 0));
       if (out_problems != NULL)
         *out_problems = g_steal_pointer (&problems);
-      g_set_error (error, PMX_CONFIG_ERROR, PMX_CONFIG_ERROR_PARSE,
-                   "%s: not valid JSON: %s", origin, local_error->message);
       return NULL;
     }
   root = pmx_json_document_get_root (doc);
@@ -583,6 +600,14 @@ config_load (const char  *text,
       config->doc = g_steal_pointer (&doc);
     }
 
+  /* A problem quotes what the file holds; keep each on one line. */
+  for (guint i = 0; i < problems->len; i++)
+    {
+      char *line = config_one_line (g_ptr_array_index (problems, i));
+
+      g_free (g_ptr_array_index (problems, i));
+      problems->pdata[i] = line;
+    }
   if (problems->len > 0)
     {
       joined = g_string_new (NULL);
