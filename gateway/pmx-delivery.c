@@ -3,20 +3,32 @@
  * pmx-delivery.c - dispatcher and delivery workers.
  *
  * Threads: one dispatcher leases due messages (never more than the workers
- * can take soon: twice the total concurrency) and pushes each onto the job
- * queue of the transport its route names.  Each transport has N workers;
+ * can take soon: twice the total concurrency plus DELIVERY_LEASE_EXTRA,
+ * taken in batches) and pushes each onto the job queue of the transport
+ * its route names.  Each transport has N workers;
  * a worker opens a session when it first needs one and keeps it until the
  * transport reports it broken, a whole-attempt failure, or the worker
  * stops.  Transports are plain blocking code; this file owns timing,
  * retries and accounting.
  *
- * Locking: delivery->lock protects config, router, pools, retired,
- * stopping, wake and inflight; it is never held while calling a transport
- * or the queue.
+ * Completion is asynchronous: after a send the worker hands the attempt
+ * to pmx_queue_complete_async() and takes its next job at once; the
+ * queue's writer commits attempts in groups and then runs
+ * delivery_committed(), which writes the delivery's log lines and only
+ * then counts the job out of delivery->inflight.  So a message stays
+ * leased (inflight in the queue, counted here) until its outcome is
+ * durable, at most DELIVERY_COMMIT_WINDOW outcomes wait for a commit, and
+ * pmx_delivery_stop() returns only when every one has been committed.
  *
- * Failure: a queue write that fails after a send is retried a few times
- * and then logged; the message stays leased and returns to the queue when
- * Postmux next starts, so it may be delivered twice but is never lost.
+ * Locking: delivery->lock protects config, router, pools, retired,
+ * stopping, wake, inflight and committing; it is never held while calling
+ * a transport or the queue (the queue's writer takes it in
+ * delivery_committed()).
+ *
+ * Failure: a queue write that fails after a send is logged as critical;
+ * the message stays leased and returns to the queue when its lease expires
+ * or Postmux next starts, so it may be delivered twice but is never lost.
+ * A crash between a send and its commit likewise only repeats the send.
  */
 #include "pmx-delivery.h"
 
@@ -31,6 +43,10 @@
 #define DELIVERY_POLL_USEC      (1 * PMX_USEC_PER_SEC)   /* catch writes by other processes */
 #define DELIVERY_IDLE_USEC      (60 * PMX_USEC_PER_SEC)  /* close a session unused this long */
 #define DELIVERY_PURGE_USEC     (3600 * PMX_USEC_PER_SEC)
+/* Leased beyond 2 x concurrency, so that a lease is a batch, not one message. */
+#define DELIVERY_LEASE_EXTRA    32
+/* Sent attempts that may wait for their commit before leasing pauses. */
+#define DELIVERY_COMMIT_WINDOW  1024
 
 typedef struct {
   PmxInstance *instance;
@@ -61,11 +77,52 @@ struct _PmxDelivery {
   GPtrArray       *retired;     /* DeliveryPool* winding down */
   gboolean         stopping;
   gboolean         wake;
-  guint            inflight;    /* jobs queued in pools or being sent */
+  guint            inflight;    /* jobs queued in pools, being sent, or committing */
+  guint            committing;  /* of inflight: sent, outcome not yet committed */
   GThread         *dispatcher;
 };
 
 static int delivery_stop_marker;
+
+/* One log line of an attempt, written once the attempt is committed. */
+typedef struct {
+  GLogLevelFlags level;
+  char          *text;
+} DeliveryLine;
+
+/* What delivery_committed() needs once the queue has recorded an attempt. */
+typedef struct {
+  PmxDelivery *delivery;
+  char        *transport;
+  char        *route;
+  DeliveryLine lines[];   /* one per recipient, n_lines of them */
+} DeliveryCommit;
+
+/* delivery_commit_new - a commit context with room for @n lines */
+static DeliveryCommit *
+delivery_commit_new (PmxDelivery *delivery,
+                     const char  *transport,
+                     const char  *route,
+                     gsize        n)
+{
+  DeliveryCommit *dc = g_malloc0 (sizeof (DeliveryCommit) + (n + 1) * sizeof (DeliveryLine));
+
+  dc->delivery = delivery;
+  dc->transport = g_strdup (transport);
+  dc->route = g_strdup (route);
+  return dc;
+}
+
+/* delivery_commit_free - free a commit context and its lines */
+static void
+delivery_commit_free (DeliveryCommit *dc)
+{
+  for (gsize i = 0; dc->lines[i].text != NULL; i++)
+    g_free (dc->lines[i].text);
+  g_free (dc->transport);
+  g_free (dc->route);
+  g_free (dc);
+}
 
 /* job_free - free a job and the message it carries */
 static void
@@ -99,39 +156,62 @@ delivery_jitter (const PmxRetryConfig *retry,
   return (gint64) ((double) delay * (1.0 + g_random_double_range (-retry->jitter, retry->jitter)));
 }
 
-/* delivery_finish_job - account a finished job and wake whoever waits */
-static void
-delivery_finish_job (PmxDelivery *delivery)
+static guint delivery_capacity (PmxDelivery *delivery);
+
+/* delivery_send_window - leased jobs not yet sent that the pools may hold; lock held */
+static guint
+delivery_send_window (PmxDelivery *delivery)
 {
-  g_mutex_lock (&delivery->lock);
-  delivery->inflight--;
-  delivery->wake = TRUE;
-  g_cond_signal (&delivery->cond);
-  g_cond_broadcast (&delivery->idle_cond);
-  g_mutex_unlock (&delivery->lock);
+  GHashTableIter iter;
+  gpointer value;
+  guint total = 0;
+
+  g_hash_table_iter_init (&iter, delivery->pools);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    total += 2 * pmx_instance_get_concurrency (((DeliveryPool *) value)->instance);
+  return total + DELIVERY_LEASE_EXTRA;
 }
 
-/* delivery_complete - write an attempt to the queue, retrying briefly */
+/* delivery_kick - wake the dispatcher when half a window can be leased,
+ * and stop() when nothing is in flight; lock held.  (Waking it for every
+ * message would make every lease a lease of one.) */
 static void
-delivery_complete (PmxDelivery     *delivery,
-                   PmxQueueMessage *msg,
-                   const PmxAttempt *attempt)
+delivery_kick (PmxDelivery *delivery)
 {
-  for (guint tries = 1;; tries++)
+  if (!delivery->wake && delivery_capacity (delivery) >= delivery_send_window (delivery) / 2)
     {
-      g_autoptr(GError) error = NULL;
-
-      if (pmx_queue_complete (delivery->queue, msg->id, attempt, &error))
-        return;
-      if (tries == 3)
-        {
-          pmx_log_critical (msg->id, attempt->transport,
-                            "cannot record the outcome of this attempt: %s — the message stays leased and is tried again when postmux restarts",
-                            error->message);
-          return;
-        }
-      g_usleep (100 * 1000);
+      delivery->wake = TRUE;
+      g_cond_signal (&delivery->cond);
     }
+  if (delivery->inflight == 0 || delivery->stopping)
+    g_cond_broadcast (&delivery->idle_cond);
+}
+
+/* delivery_committed - PmxQueueCompleteFunc: the attempt is durable (or
+ * failed to be): log it, and only now count the job out */
+static void
+delivery_committed (PmxQueue     *queue,
+                    const char   *id,
+                    const GError *error,
+                    gpointer      user_data)
+{
+  DeliveryCommit *dc = user_data;
+  PmxDelivery *delivery = dc->delivery;
+
+  if (error != NULL)
+    pmx_log_critical (id, dc->transport,
+                      "cannot record the outcome of this attempt: %s — the message stays leased and is tried again when its lease expires or postmux restarts",
+                      error->message);
+  else
+    for (gsize i = 0; dc->lines[i].text != NULL; i++)
+      pmx_log_delivery (dc->lines[i].level, id, dc->transport, dc->route, "%s", dc->lines[i].text);
+  delivery_commit_free (dc);
+
+  g_mutex_lock (&delivery->lock);
+  delivery->committing--;
+  delivery->inflight--;
+  delivery_kick (delivery);
+  g_mutex_unlock (&delivery->lock);
 }
 
 /* delivery_status_name - word for a recipient state in log lines */
@@ -202,6 +282,7 @@ delivery_run (DeliveryPool *pool,
   PmxFailureClass failure = PMX_FAILURE_NONE;
   gboolean any_deferred = FALSE;
   g_autoptr(GError) error = NULL;
+  DeliveryCommit *commit;
   gint64 now;
 
   for (guint i = 0; i < msg->recipients->len; i++)
@@ -322,8 +403,10 @@ delivery_run (DeliveryPool *pool,
   attempt.n_recipients = pending->len - 1;
   attempt.summary = summary;
   attempt.remote_id = pmx_result_get_remote_id (result);
-  delivery_complete (delivery, msg, &attempt);
 
+  /* The log lines are made here, on the worker, and written by
+   * delivery_committed() once the outcome is durable. */
+  commit = delivery_commit_new (delivery, transport, job->route, attempt.n_recipients);
   for (guint i = 0; i < attempt.n_recipients; i++)
     {
       const PmxAttemptRecipient *o = &outcomes[i];
@@ -334,15 +417,22 @@ delivery_run (DeliveryPool *pool,
                  ? g_strdup_printf (", failover=%s", attempt.next_transport)
                  : g_strdup_printf (", retry_in=%" G_GINT64_FORMAT "s",
                                     (attempt.next_attempt - now + PMX_USEC_PER_SEC / 2) / PMX_USEC_PER_SEC);
-      pmx_log_delivery (o->state == PMX_RCPT_STATE_DELIVERED ? G_LOG_LEVEL_INFO : G_LOG_LEVEL_WARNING,
-                        msg->id, transport, job->route,
-                        "to=<%s>, transport=%s, route=%s, delay=%.2f, attempt=%u, status=%s (%u%s%s %s)%s",
-                        o->address, transport, job->route,
-                        (double) (now - msg->received) / PMX_USEC_PER_SEC, msg->attempts + 1,
-                        delivery_status_name (o->state), o->code,
-                        o->enhanced != NULL ? " " : "", o->enhanced != NULL ? o->enhanced : "",
-                        o->text != NULL ? o->text : "", when != NULL ? when : "");
+      commit->lines[i].level = o->state == PMX_RCPT_STATE_DELIVERED ? G_LOG_LEVEL_INFO : G_LOG_LEVEL_WARNING;
+      commit->lines[i].text =
+        g_strdup_printf ("to=<%s>, transport=%s, route=%s, delay=%.2f, attempt=%u, status=%s (%u%s%s %s)%s",
+                         o->address, transport, job->route,
+                         (double) (now - msg->received) / PMX_USEC_PER_SEC, msg->attempts + 1,
+                         delivery_status_name (o->state), o->code,
+                         o->enhanced != NULL ? " " : "", o->enhanced != NULL ? o->enhanced : "",
+                         o->text != NULL ? o->text : "", when != NULL ? when : "");
     }
+
+  /* Sent: the job now waits for its commit, not for a worker. */
+  g_mutex_lock (&delivery->lock);
+  delivery->committing++;
+  delivery_kick (delivery);
+  g_mutex_unlock (&delivery->lock);
+  pmx_queue_complete_async (delivery->queue, msg->id, &attempt, delivery_committed, commit);
 }
 
 /* delivery_worker - thread body: take jobs, keep the session between them */
@@ -368,9 +458,9 @@ delivery_worker (gpointer data)
         }
       if (item == &delivery_stop_marker)
         break;
+      /* delivery_committed() counts the job out once it is recorded. */
       delivery_run (pool, &session, item);
       job_free (item);
-      delivery_finish_job (pool->delivery);
     }
   if (session != NULL)
     ops->close_session (session);
@@ -398,33 +488,47 @@ pool_new (PmxDelivery *delivery,
   return pool;
 }
 
-/* pool_drain - give back every job not yet started; lock held */
+/* pool_drain - take every job not yet started into @drained (still
+ * counted in inflight); lock held.  delivery_unlease() gives them back. */
 static void
-pool_drain (PmxDelivery  *delivery,
-            DeliveryPool *pool)
+pool_drain (DeliveryPool *pool,
+            GPtrArray    *drained)
 {
   gpointer item;
 
   while ((item = g_async_queue_try_pop (pool->jobs)) != NULL)
+    g_ptr_array_add (drained, item);
+}
+
+/* delivery_unlease - give drained jobs back to the queue and count them
+ * out; lock NOT held, since the queue's writer may be waiting for it */
+static void
+delivery_unlease (PmxDelivery *delivery,
+                  GPtrArray   *drained)
+{
+  for (guint i = 0; i < drained->len; i++)
     {
-      DeliveryJob *job = item;
+      DeliveryJob *job = g_ptr_array_index (drained, i);
       g_autoptr(GError) error = NULL;
 
       if (!pmx_queue_unlease (delivery->queue, job->msg->id, &error))
-        pmx_log_warning (job->msg->id, pmx_instance_get_name (pool->instance),
+        pmx_log_warning (job->msg->id, NULL,
                          "cannot give the message back to the queue: %s", error->message);
-      job_free (job);
-      delivery->inflight--;
     }
-  g_cond_broadcast (&delivery->idle_cond);
+  g_mutex_lock (&delivery->lock);
+  delivery->inflight -= drained->len;
+  delivery_kick (delivery);
+  g_mutex_unlock (&delivery->lock);
+  g_ptr_array_set_size (drained, 0);
 }
 
-/* pool_retire - drain and tell every worker to stop; lock held */
+/* pool_retire - drain into @drained and tell every worker to stop; lock held */
 static void
-pool_retire (PmxDelivery  *delivery,
-             DeliveryPool *pool)
+pool_retire (DeliveryPool *pool,
+             PmxDelivery  *delivery,
+             GPtrArray    *drained)
 {
-  pool_drain (delivery, pool);
+  pool_drain (pool, drained);
   for (guint i = 0; i < pool->threads->len; i++)
     g_async_queue_push (pool->jobs, &delivery_stop_marker);
   g_ptr_array_add (delivery->retired, pool);
@@ -467,6 +571,7 @@ pmx_delivery_apply (PmxDelivery *delivery,
 {
   g_autoptr(GHashTable) built = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
                                                        (GDestroyNotify) pmx_instance_unref);
+  g_autoptr(GPtrArray) drained = g_ptr_array_new_with_free_func ((GDestroyNotify) job_free);
   GHashTableIter iter;
   gpointer key, value;
 
@@ -499,7 +604,7 @@ pmx_delivery_apply (PmxDelivery *delivery,
       if (tc == NULL || g_hash_table_contains (built, key))
         {
           pmx_log_info (NULL, key, "transport %s retired by the new config; its in-flight sends finish first", (char *) key);
-          pool_retire (delivery, value);
+          pool_retire (value, delivery, drained);
           g_hash_table_iter_remove (&iter);
         }
     }
@@ -514,27 +619,30 @@ pmx_delivery_apply (PmxDelivery *delivery,
   delivery->wake = TRUE;
   g_cond_signal (&delivery->cond);
   g_mutex_unlock (&delivery->lock);
+  delivery_unlease (delivery, drained);
   return TRUE;
 }
 
-/* delivery_capacity - how many more jobs to lease now; lock held */
+/* delivery_capacity - how many more jobs to lease now: the send window
+ * minus what waits for or is in a send, and never past
+ * DELIVERY_COMMIT_WINDOW outcomes waiting for their commit; lock held */
 static guint
 delivery_capacity (PmxDelivery *delivery)
 {
-  GHashTableIter iter;
-  gpointer value;
-  guint total = 0;
+  guint window = delivery_send_window (delivery);
+  guint unsent = delivery->inflight - delivery->committing;
+  guint room = window > unsent ? window - unsent : 0;
 
-  g_hash_table_iter_init (&iter, delivery->pools);
-  while (g_hash_table_iter_next (&iter, NULL, &value))
-    total += 2 * pmx_instance_get_concurrency (((DeliveryPool *) value)->instance);
-  return total > delivery->inflight ? total - delivery->inflight : 0;
+  if (delivery->committing >= DELIVERY_COMMIT_WINDOW)
+    return 0;
+  return MIN (room, DELIVERY_COMMIT_WINDOW - delivery->committing);
 }
 
 /* delivery_dispatch - route leased messages to pools; lock held */
 static void
 delivery_dispatch (PmxDelivery *delivery,
-                   GPtrArray   *messages)
+                   GPtrArray   *messages,
+                   GPtrArray   *orphans)
 {
   for (guint i = 0; i < messages->len; i++)
     {
@@ -570,7 +678,7 @@ delivery_dispatch (PmxDelivery *delivery,
           /* Config checks make this unreachable; never lose the message. */
           pmx_log_critical (msg->id, decision.transport, "no workers for transport %s; the message stays queued",
                             decision.transport);
-          (void) pmx_queue_unlease (delivery->queue, msg->id, NULL);
+          g_ptr_array_add (orphans, g_strdup (msg->id));
           continue;
         }
       job = g_new0 (DeliveryJob, 1);
@@ -628,6 +736,7 @@ delivery_dispatcher (gpointer data)
       if (capacity > 0)
         {
           g_autoptr(GPtrArray) leased = NULL;
+          g_autoptr(GPtrArray) orphans = g_ptr_array_new_with_free_func (g_free);
 
           g_mutex_unlock (&delivery->lock);
           leased = pmx_queue_lease_due (delivery->queue, now, capacity, delivery->owner, now + lease, &error);
@@ -636,9 +745,25 @@ delivery_dispatcher (gpointer data)
             pmx_log_warning (NULL, NULL, "cannot lease due messages: %s", error->message);
           else if (leased->len > 0)
             {
-              delivery_dispatch (delivery, leased);
+              delivery_dispatch (delivery, leased, orphans);
+              if (orphans->len > 0)
+                {
+                  g_mutex_unlock (&delivery->lock);
+                  for (guint i = 0; i < orphans->len; i++)
+                    (void) pmx_queue_unlease (delivery->queue, g_ptr_array_index (orphans, i), NULL);
+                  g_mutex_lock (&delivery->lock);
+                }
               if (leased->len == capacity)
-                continue;   /* more may be due */
+                {
+                  /* More may be due: lease again once half a window is free. */
+                  while (!delivery->stopping
+                         && delivery_capacity (delivery) < delivery_send_window (delivery) / 2)
+                    {
+                      delivery->wake = FALSE;
+                      g_cond_wait (&delivery->cond, &delivery->lock);
+                    }
+                  continue;
+                }
             }
           else
             {
@@ -691,6 +816,7 @@ pmx_delivery_stop (PmxDelivery *delivery,
                    gint64       timeout_usec)
 {
   gint64 deadline = g_get_monotonic_time () + timeout_usec;
+  g_autoptr(GPtrArray) drained = g_ptr_array_new_with_free_func ((GDestroyNotify) job_free);
   GHashTableIter iter;
   gpointer value;
   guint left;
@@ -706,9 +832,14 @@ pmx_delivery_stop (PmxDelivery *delivery,
   g_hash_table_iter_init (&iter, delivery->pools);
   while (g_hash_table_iter_next (&iter, NULL, &value))
     {
-      pool_retire (delivery, value);
+      pool_retire (value, delivery, drained);
       g_hash_table_iter_remove (&iter);
     }
+  g_mutex_unlock (&delivery->lock);
+  delivery_unlease (delivery, drained);
+  g_mutex_lock (&delivery->lock);
+  /* inflight counts outcomes not yet committed too: every one is durable
+   * before this returns 0 (and the caller closes the queue). */
   while (delivery->inflight > 0)
     if (!g_cond_wait_until (&delivery->idle_cond, &delivery->lock, deadline))
       break;

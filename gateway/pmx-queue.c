@@ -7,6 +7,8 @@
  * pending (up to QUEUE_BATCH_MAX), runs them in one BEGIN IMMEDIATE ...
  * COMMIT with a SAVEPOINT per request, and answers each caller only after
  * the COMMIT returned (group commit: one fsync for many submissions).
+ * pmx_queue_complete_async() requests own a copy of their attempt and are
+ * answered by calling their callback on the writer thread.
  * Reads use a second connection behind queue->read_lock; WAL lets it read
  * while the writer writes.
  *
@@ -94,7 +96,14 @@ typedef struct {
   gint64     out_count;
   GError    *error;
 
-  /* How the answer travels: a GTask (async submit) or lock/cond/done. */
+  /* COMPLETE from pmx_queue_complete_async(): owned copies, and whom to tell. */
+  PmxAttempt           attempt_copy;
+  GStringChunk        *strings;     /* every string of attempt_copy and id */
+  PmxQueueCompleteFunc complete_func;
+  gpointer             complete_data;
+
+  /* How the answer travels: a GTask (async submit), complete_func, or
+   * lock/cond/done. */
   GTask    *task;
   GMutex    lock;
   GCond     cond;
@@ -1198,6 +1207,11 @@ queue_request_free (QueueRequest *req)
   g_clear_pointer (&req->out_messages, g_ptr_array_unref);
   g_clear_error (&req->error);
   g_clear_object (&req->task);
+  if (req->strings != NULL)
+    {
+      g_free ((gpointer) req->attempt_copy.recipients);
+      g_string_chunk_free (req->strings);
+    }
   g_free (req);
 }
 
@@ -1213,8 +1227,16 @@ queue_submit_result_free (gpointer data)
 
 /* queue_answer - hand a finished request back to its caller */
 static void
-queue_answer (QueueRequest *req)
+queue_answer (PmxQueue     *queue,
+              QueueRequest *req)
 {
+  if (req->complete_func != NULL)
+    {
+      /* The writer owns async completions too. */
+      req->complete_func (queue, req->id, req->error, req->complete_data);
+      queue_request_free (req);
+      return;
+    }
   if (req->task != NULL)
     {
       /* The writer owns async requests: answer through the task, then free. */
@@ -1323,7 +1345,7 @@ answer:
           g_clear_error (&req->error);
           req->error = g_error_copy (batch_error);
         }
-      queue_answer (req);
+      queue_answer (queue, req);
     }
 }
 
@@ -1733,6 +1755,70 @@ pmx_queue_complete (PmxQueue         *queue,
                           FALSE);
 
   return queue_call (queue, &req, error);
+}
+
+/* queue_chunk_dup - @str copied into @chunk; NULL stays NULL */
+static const char *
+queue_chunk_dup (GStringChunk *chunk,
+                 const char   *str)
+{
+  return str != NULL ? g_string_chunk_insert (chunk, str) : NULL;
+}
+
+void
+pmx_queue_complete_async (PmxQueue            *queue,
+                          const char          *id,
+                          const PmxAttempt    *attempt,
+                          PmxQueueCompleteFunc callback,
+                          gpointer             user_data)
+{
+  g_autoptr(GError) error = NULL;
+  PmxAttemptRecipient *rcpts;
+  QueueRequest *req;
+  PmxAttempt *a;
+
+  g_return_if_fail (queue != NULL);
+  g_return_if_fail (id != NULL);
+  g_return_if_fail (attempt != NULL);
+  g_return_if_fail (callback != NULL);
+  g_return_if_fail (attempt->n_recipients == 0 || attempt->recipients != NULL);
+  for (gsize i = 0; i < attempt->n_recipients; i++)
+    g_return_if_fail (attempt->recipients[i].address != NULL &&
+                      (guint) attempt->recipients[i].state < G_N_ELEMENTS (rcpt_state_names));
+
+  /* One allocation for the strings, one for the recipients: the copy
+   * lives until the writer has answered. */
+  req = g_new0 (QueueRequest, 1);
+  req->op = QUEUE_OP_COMPLETE;
+  req->strings = g_string_chunk_new (256);
+  req->complete_func = callback;
+  req->complete_data = user_data;
+  req->id = queue_chunk_dup (req->strings, id);
+  a = &req->attempt_copy;
+  *a = *attempt;
+  a->transport = queue_chunk_dup (req->strings, attempt->transport);
+  a->summary = queue_chunk_dup (req->strings, attempt->summary);
+  a->remote_id = queue_chunk_dup (req->strings, attempt->remote_id);
+  a->next_transport = queue_chunk_dup (req->strings, attempt->next_transport);
+  rcpts = g_new (PmxAttemptRecipient, MAX (attempt->n_recipients, 1));
+  for (gsize i = 0; i < attempt->n_recipients; i++)
+    {
+      const PmxAttemptRecipient *r = &attempt->recipients[i];
+
+      rcpts[i].address = queue_chunk_dup (req->strings, r->address);
+      rcpts[i].state = r->state;
+      rcpts[i].code = r->code;
+      rcpts[i].enhanced = queue_chunk_dup (req->strings, r->enhanced);
+      rcpts[i].text = queue_chunk_dup (req->strings, r->text);
+    }
+  a->recipients = rcpts;
+  req->attempt = a;
+
+  if (!queue_push (queue, req, &error))
+    {
+      callback (queue, req->id, error, user_data);
+      queue_request_free (req);
+    }
 }
 
 gboolean

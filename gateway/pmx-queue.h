@@ -188,6 +188,27 @@ gboolean   pmx_queue_complete     (PmxQueue         *queue,
                                    const PmxAttempt *attempt,
                                    GError          **error);
 
+/* Called once per pmx_queue_complete_async(): on the queue's writer thread
+ * after the commit that holds the attempt (@error NULL), or with the error
+ * that kept it from being recorded (then the message stays leased).  When
+ * the queue was already shutting down it runs at once on the caller's
+ * thread with PMX_QUEUE_ERROR_CLOSED.  It must be quick and must not call
+ * the queue's blocking functions (the writer would wait on itself). */
+typedef void (*PmxQueueCompleteFunc) (PmxQueue     *queue,
+                                      const char   *id,
+                                      const GError *error,
+                                      gpointer      user_data);
+
+/* Like pmx_queue_complete() without waiting: @id and @attempt are copied,
+ * the attempt joins the next group commit, and @callback says how it went.
+ * pmx_queue_shutdown() and pmx_queue_close() commit every completion
+ * handed over before them and run its callback. */
+void       pmx_queue_complete_async (PmxQueue            *queue,
+                                     const char          *id,
+                                     const PmxAttempt    *attempt,
+                                     PmxQueueCompleteFunc callback,
+                                     gpointer             user_data);
+
 /* Put a leased message back unchanged (shutdown before it was tried):
  * inflight -> its previous state, same next attempt, no attempt logged. */
 gboolean   pmx_queue_unlease      (PmxQueue   *queue,

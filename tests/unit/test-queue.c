@@ -932,6 +932,188 @@ test_complete_errors (Fixture       *fx,
   g_assert_cmpuint (log->len, ==, 0);
 }
 
+/* ---- asynchronous completion ---- */
+
+/* What the completion callbacks of one test saw. */
+typedef struct {
+  GMutex     lock;
+  GCond      cond;
+  GPtrArray *ids;       /* char*, in callback order */
+  GPtrArray *errors;    /* GError* or NULL, same order */
+  guint64    commits;   /* commit count seen inside the first callback */
+} CompleteState;
+
+/* complete_cb - PmxQueueCompleteFunc recording what it was told */
+static void
+complete_cb (PmxQueue     *queue,
+             const char   *id,
+             const GError *error,
+             gpointer      user_data)
+{
+  CompleteState *st = user_data;
+
+  g_mutex_lock (&st->lock);
+  if (st->ids->len == 0)
+    st->commits = pmx_queue_get_commit_count (queue);
+  g_ptr_array_add (st->ids, g_strdup (id));
+  g_ptr_array_add (st->errors, error != NULL ? g_error_copy (error) : NULL);
+  g_cond_broadcast (&st->cond);
+  g_mutex_unlock (&st->lock);
+}
+
+/* complete_state_wait - until @n callbacks ran */
+static void
+complete_state_wait (CompleteState *st,
+                     guint          n)
+{
+  g_mutex_lock (&st->lock);
+  while (st->ids->len < n)
+    g_cond_wait (&st->cond, &st->lock);
+  g_mutex_unlock (&st->lock);
+}
+
+static void
+complete_error_free (gpointer error)
+{
+  if (error != NULL)
+    g_error_free (error);
+}
+
+static void
+complete_state_init (CompleteState *st)
+{
+  g_mutex_init (&st->lock);
+  g_cond_init (&st->cond);
+  st->ids = g_ptr_array_new_with_free_func (g_free);
+  st->errors = g_ptr_array_new_with_free_func (complete_error_free);
+}
+
+static void
+complete_state_clear (CompleteState *st)
+{
+  g_ptr_array_unref (st->ids);
+  g_ptr_array_unref (st->errors);
+  g_cond_clear (&st->cond);
+  g_mutex_clear (&st->lock);
+}
+
+static void
+test_complete_async (Fixture       *fx,
+                     gconstpointer  data)
+{
+  CompleteState st = { 0, };
+  g_autofree char *a = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autofree char *b = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autoptr (PmxQueueMessage) ma = NULL;
+  g_autoptr (PmxQueueMessage) mb = NULL;
+  guint64 commits;
+
+  complete_state_init (&st);
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 10, "w", G_MAXINT64));
+  commits = pmx_queue_get_commit_count (fx->queue);
+
+  /* The caller's strings die at once: the queue must have copied them. */
+  pmx_queue_test_hold_writer (fx->queue, TRUE);
+  for (guint i = 0; i < 2; i++)
+    {
+      g_autofree char *id = g_strdup (i == 0 ? a : b);
+      g_autofree char *addr = g_strdup (one_rcpt[0]);
+      g_autofree char *text = g_strdup ("2.0.0 ok");
+      PmxAttemptRecipient r = { addr, PMX_RCPT_STATE_DELIVERED, 250, "2.0.0", text };
+      PmxAttempt attempt = { .transport = "smtp-a", .started = 1, .finished = 2,
+                             .recipients = &r, .n_recipients = 1, .summary = "delivered 1" };
+
+      pmx_queue_complete_async (fx->queue, id, &attempt, complete_cb, &st);
+      memset (addr, 'x', strlen (addr));
+      memset (text, 'x', strlen (text));
+    }
+  g_assert_cmpuint (st.ids->len, ==, 0);   /* nothing before the commit */
+  pmx_queue_test_hold_writer (fx->queue, FALSE);
+  complete_state_wait (&st, 2);
+
+  /* Both in one commit, and the callbacks ran after it. */
+  g_assert_cmpuint (pmx_queue_get_commit_count (fx->queue), ==, commits + 1);
+  g_assert_cmpuint (st.commits, ==, commits + 1);
+  g_assert_cmpstr (st.ids->pdata[0], ==, a);
+  g_assert_cmpstr (st.ids->pdata[1], ==, b);
+  g_assert_null (st.errors->pdata[0]);
+  g_assert_null (st.errors->pdata[1]);
+  ma = get (fx->queue, a);
+  mb = get (fx->queue, b);
+  g_assert_cmpint (ma->state, ==, PMX_MSG_DELIVERED);
+  g_assert_cmpint (mb->state, ==, PMX_MSG_DELIVERED);
+  g_assert_cmpstr (rcpt (ma, 0)->text, ==, "2.0.0 ok");
+  g_assert_cmpstr (rcpt (ma, 0)->address, ==, "bob@example.net");
+  complete_state_clear (&st);
+}
+
+static void
+test_complete_async_close_flushes (Fixture       *fx,
+                                   gconstpointer  data)
+{
+  CompleteState st = { 0, };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PmxQueueMessage) msg = NULL;
+  g_autofree char *id = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  const PmxAttemptRecipient r = { "bob@example.net", PMX_RCPT_STATE_DELIVERED, 250, NULL, "ok" };
+  const PmxAttempt attempt = { .transport = "t", .recipients = &r, .n_recipients = 1, .summary = "s" };
+
+  complete_state_init (&st);
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 10, "w", G_MAXINT64));
+
+  /* Held: the completion is pending when close starts; close commits it. */
+  pmx_queue_test_hold_writer (fx->queue, TRUE);
+  pmx_queue_complete_async (fx->queue, id, &attempt, complete_cb, &st);
+  g_assert_cmpuint (st.ids->len, ==, 0);
+  g_clear_pointer (&fx->queue, pmx_queue_close);
+  g_assert_cmpuint (st.ids->len, ==, 1);
+  g_assert_null (st.errors->pdata[0]);
+
+  fx->queue = pmx_queue_open (fx->path, &error);
+  g_assert_no_error (error);
+  msg = get (fx->queue, id);
+  g_assert_cmpint (msg->state, ==, PMX_MSG_DELIVERED);
+
+  /* After shutdown: refused at once, on the caller's thread. */
+  pmx_queue_shutdown (fx->queue);
+  pmx_queue_complete_async (fx->queue, id, &attempt, complete_cb, &st);
+  g_assert_cmpuint (st.ids->len, ==, 2);
+  g_assert_error ((GError *) st.errors->pdata[1], PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_CLOSED);
+  complete_state_clear (&st);
+}
+
+static void
+test_complete_async_errors (Fixture       *fx,
+                            gconstpointer  data)
+{
+  CompleteState st = { 0, };
+  g_autofree char *id = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autoptr (PmxQueueMessage) msg = NULL;
+  const PmxAttemptRecipient ok = { "bob@example.net", PMX_RCPT_STATE_DELIVERED, 250, NULL, "ok" };
+  const PmxAttemptRecipient stranger = { "nobody@example.net", PMX_RCPT_STATE_DELIVERED, 250, NULL, "ok" };
+  const PmxAttempt bad = { .transport = "t", .recipients = &stranger, .n_recipients = 1, .summary = "s" };
+  const PmxAttempt good = { .transport = "t", .recipients = &ok, .n_recipients = 1, .summary = "s" };
+
+  complete_state_init (&st);
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 10, "w", G_MAXINT64));
+
+  /* One bad request in a batch fails alone; its neighbours commit. */
+  pmx_queue_test_hold_writer (fx->queue, TRUE);
+  pmx_queue_complete_async (fx->queue, "00000000000000FF", &good, complete_cb, &st);
+  pmx_queue_complete_async (fx->queue, id, &bad, complete_cb, &st);
+  pmx_queue_complete_async (fx->queue, id, &good, complete_cb, &st);
+  pmx_queue_test_hold_writer (fx->queue, FALSE);
+  complete_state_wait (&st, 3);
+
+  g_assert_error ((GError *) st.errors->pdata[0], PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_NOT_FOUND);
+  g_assert_error ((GError *) st.errors->pdata[1], PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_INVALID);
+  g_assert_null (st.errors->pdata[2]);
+  msg = get (fx->queue, id);
+  g_assert_cmpint (msg->state, ==, PMX_MSG_DELIVERED);
+  g_assert_cmpuint (msg->attempts, ==, 1);
+  complete_state_clear (&st);
+}
+
 /* ---- release and unlease ---- */
 
 static void
@@ -1291,6 +1473,9 @@ main (int    argc,
   ADD ("/queue/complete/mixed-outcomes-then-final", test_complete_mixed);
   ADD ("/queue/complete/delivered-and-expired-states", test_complete_final_states);
   ADD ("/queue/complete/unknown-id-or-recipient-changes-nothing", test_complete_errors);
+  ADD ("/queue/complete/async-calls-back-after-the-commit", test_complete_async);
+  ADD ("/queue/complete/async-close-commits-what-is-pending", test_complete_async_close_flushes);
+  ADD ("/queue/complete/async-errors-reach-the-callback", test_complete_async_errors);
   ADD ("/queue/release/owners-and-expired-leases-only", test_release_leases);
   ADD ("/queue/unlease/restores-previous-state", test_unlease);
   ADD ("/queue/admin/retry-delete-purge-count-list", test_admin);
