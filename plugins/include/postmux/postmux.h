@@ -11,5 +11,6 @@
 #include <postmux/postmux-secret.h>
 #include <postmux/postmux-transport.h>
 #include <postmux/postmux-smtp.h>
+#include <postmux/postmux-oauth2.h>
 
 #undef __PMX_H_INSIDE__
