@@ -1494,7 +1494,7 @@ smtpd_verified (GObject      *source,
       pmx_log_warning (NULL, NULL, "smtpd: client %s: AUTH failed for user \"%s\" (failure %u from this client; answering in %u s)",
                        s->peer, user != NULL ? user : "", f->count, delay);
       /* BUSY has no timer of its own; the delay answers, then COMMAND arms one. */
-      s->delay = g_timeout_add_seconds (delay, smtpd_auth_fail_reply, s);
+      s->delay = g_timeout_add (delay * 1000, smtpd_auth_fail_reply, s);  /* ms: the seconds form may fire early */
     }
   if (user != NULL)
     explicit_bzero (user, strlen (user));
