@@ -24,7 +24,9 @@
  * address comes from the socket.
  *
  * Fails closed, with these replies (RFC 3463 codes):
- *   554 5.5.0  bytes before the greeting (postscreen's pre-greet test), or
+ *   554 5.5.0  bytes before the greeting (postscreen's pre-greet test: a
+ *              client outside auth.networks is greeted only after
+ *              smtpd.pregreet_wait, 1 s by default), or
  *              commands sent ahead without PIPELINING advertised; closes
  *   421 4.7.0  too many connections (in total / from this client); closes
  *   421 4.4.2  a state's timeout ran out; closes
@@ -59,7 +61,6 @@
 #define SMTPD_CMD_LIMIT        512
 #define SMTPD_AUTH_LIMIT       12288   /* RFC 4954 section 4 */
 #define SMTPD_TEXT_LIMIT       1000
-#define SMTPD_PREGREET_MS      1000
 #define SMTPD_CLOSE_GRACE_MS   30000
 #define SMTPD_READ_CHUNK       16384
 #define SMTPD_MAX_ERRORS       10
@@ -103,6 +104,7 @@ struct _PmxSmtpd {
   guint            max_per_client;
   gboolean         allow_plaintext_auth;
   gint64           command_timeout;   /* microseconds */
+  gint64           pregreet_wait;     /* microseconds, for clients outside auth.networks */
   gint64           data_timeout;
   GTlsCertificate *cert;              /* NULL: no TLS */
   GPtrArray       *listens;           /* SmtpdListen */
@@ -929,6 +931,8 @@ smtpd_on_timer (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+static const char *const *smtpd_senders (SmtpdSession *s);
+
 /* smtpd_arm - (re)start the timer of the current state */
 static void
 smtpd_arm (SmtpdSession *s)
@@ -939,7 +943,10 @@ smtpd_arm (SmtpdSession *s)
   switch (s->state)
     {
     case SMTPD_STATE_PREGREET:
-      usec = SMTPD_PREGREET_MS * 1000;
+      /* Trusted networks are greeted at once, as postscreen does for its
+       * allow-list: an app that opens a connection per message must not
+       * wait a second each time. */
+      usec = smtpd_senders (s) != NULL ? 0 : s->smtpd->pregreet_wait;
       break;
     case SMTPD_STATE_HANDSHAKE:
     case SMTPD_STATE_COMMAND:
@@ -2136,6 +2143,7 @@ smtpd_read_config (PmxSmtpd *smtpd,
   smtpd->max_conns = 100;
   smtpd->max_per_client = 10;
   smtpd->command_timeout = 300 * PMX_USEC_PER_SEC;
+  smtpd->pregreet_wait = PMX_USEC_PER_SEC;
   smtpd->data_timeout = 180 * PMX_USEC_PER_SEC;
 
   for (guint i = 0; smtp != NULL && i < json_array_get_length (smtp); i++)
@@ -2172,6 +2180,12 @@ smtpd_read_config (PmxSmtpd *smtpd,
           && !pmx_duration_parse_node (json_object_get_member (t, "command"), &smtpd->command_timeout))
         {
           g_set_error (error, PMX_SMTPD_ERROR, PMX_SMTPD_ERROR_CONFIG, "smtpd.timeouts.command is not a duration such as 5m");
+          return FALSE;
+        }
+      if (json_object_has_member (o, "pregreet_wait")
+          && !pmx_duration_parse_node (json_object_get_member (o, "pregreet_wait"), &smtpd->pregreet_wait))
+        {
+          g_set_error (error, PMX_SMTPD_ERROR, PMX_SMTPD_ERROR_CONFIG, "smtpd.pregreet_wait is not a duration such as 1s");
           return FALSE;
         }
       if (t != NULL && json_object_has_member (t, "data")

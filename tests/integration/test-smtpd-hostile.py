@@ -102,7 +102,8 @@ def silent_in_data(c):
 
 
 def pregreet(port):
-    c = Raw(port, greet=False)
+    # From outside auth.networks: trusted clients are greeted at once.
+    c = Raw(port, greet=False, bind="127.0.0.2")
     c.send(b"EHLO early.test\r\n")
     r = c.reply(timeout=10)
     closed = c.closed()
@@ -177,6 +178,12 @@ try:
         tap.ok(code == want_code and want_text in text, "%s -> %s %s" % (name, want_code, want_text),
                "got %r\n%s" % (code, text))
 
+    t0 = time.time()
+    trusted = Raw(gw.port)
+    took = time.time() - t0
+    trusted.close()
+    tap.ok(trusted.greeting[0] == 220 and took < 0.8, "a client in auth.networks is greeted without the pre-greet wait",
+           (trusted.greeting, took))
     code, lines = pregreet(gw.port)
     tap.ok(code == 554 and "5.5.0" in lines[0] and "closed" in lines, "bytes before the greeting -> 554 5.5.0 and close", lines)
     code, lines = from_foreign_network(gw.port)
