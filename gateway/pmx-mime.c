@@ -74,14 +74,7 @@ mime_pointer_append (const char *base,
 }
 
 /* mime_fail - set @error and the pointer of the member at fault */
-static gpointer
-mime_fail (GError    **error,
-           char      **out_pointer,
-           const char *pointer,
-           int         code,
-           const char *format,
-           ...) G_GNUC_PRINTF (5, 6);
-
+G_GNUC_PRINTF (5, 6)
 static gpointer
 mime_fail (GError    **error,
            char      **out_pointer,
@@ -599,6 +592,25 @@ mime_postmux_headers (GMimeMessage *message,
   return TRUE;
 }
 
+/* mime_body_text - the text/<subtype> part for the member @name of @msg,
+ * which must be a UTF-8 string */
+static GMimeObject *
+mime_body_text (JsonObject *msg,
+                const char *name,
+                const char *subtype,
+                char      **out_pointer,
+                GError    **error)
+{
+  g_autofree char *pointer = g_strconcat ("/", name, NULL);
+  const char *s = mime_get_string (json_object_get_member (msg, name), pointer, out_pointer, error);
+
+  if (s == NULL)
+    return NULL;
+  if (!g_utf8_validate (s, -1, NULL))
+    return mime_fail (error, out_pointer, pointer, PMX_MIME_ERROR_INVALID, "not UTF-8");
+  return mime_text_part (subtype, s);
+}
+
 /* mime_body - the body tree: alternative/related/mixed as the parts ask */
 static GMimeObject *
 mime_body (JsonObject *msg,
@@ -612,26 +624,12 @@ mime_body (JsonObject *msg,
   g_autoptr(GMimeObject) body = NULL;
   JsonNode *node;
 
-  if (json_object_has_member (msg, "text"))
-    {
-      const char *s = mime_get_string (json_object_get_member (msg, "text"), "/text", out_pointer, error);
-
-      if (s == NULL)
-        return NULL;
-      if (!g_utf8_validate (s, -1, NULL))
-        return mime_fail (error, out_pointer, "/text", PMX_MIME_ERROR_INVALID, "not UTF-8");
-      text = mime_text_part ("plain", s);
-    }
-  if (json_object_has_member (msg, "html"))
-    {
-      const char *s = mime_get_string (json_object_get_member (msg, "html"), "/html", out_pointer, error);
-
-      if (s == NULL)
-        return NULL;
-      if (!g_utf8_validate (s, -1, NULL))
-        return mime_fail (error, out_pointer, "/html", PMX_MIME_ERROR_INVALID, "not UTF-8");
-      html = mime_text_part ("html", s);
-    }
+  if (json_object_has_member (msg, "text")
+      && (text = mime_body_text (msg, "text", "plain", out_pointer, error)) == NULL)
+    return NULL;
+  if (json_object_has_member (msg, "html")
+      && (html = mime_body_text (msg, "html", "html", out_pointer, error)) == NULL)
+    return NULL;
 
   node = json_object_get_member (msg, "attachments");
   if (node != NULL)

@@ -388,6 +388,56 @@ pointer_push_index (GString *ptr,
   return old;
 }
 
+/* JsonWalkFunc - called on one value with @ptr its JSON pointer; TRUE stops
+ * the walk */
+typedef gboolean (*JsonWalkFunc) (JsonNode *node,
+                                  GString  *ptr,
+                                  gpointer  user_data);
+
+/* json_walk_pointers - call @func on @node and on every value inside it, in
+ * document order, with @ptr extended to each value's pointer; TRUE when
+ * @func stopped the walk, and @ptr then points at the value it stopped on */
+static gboolean
+json_walk_pointers (JsonNode     *node,
+                    GString      *ptr,
+                    JsonWalkFunc  func,
+                    gpointer      user_data)
+{
+  if (func (node, ptr, user_data))
+    return TRUE;
+  if (JSON_NODE_HOLDS_OBJECT (node))
+    {
+      JsonObjectIter iter;
+      const char *name;
+      JsonNode *member;
+
+      json_object_iter_init_ordered (&iter, json_node_get_object (node));
+      while (json_object_iter_next_ordered (&iter, &name, &member))
+        {
+          gsize old = pointer_push_key (ptr, name);
+
+          if (json_walk_pointers (member, ptr, func, user_data))
+            return TRUE;
+          g_string_truncate (ptr, old);
+        }
+    }
+  else if (JSON_NODE_HOLDS_ARRAY (node))
+    {
+      JsonArray *array = json_node_get_array (node);
+      guint i, len = json_array_get_length (array);
+
+      for (i = 0; i < len; i++)
+        {
+          gsize old = pointer_push_index (ptr, i);
+
+          if (json_walk_pointers (json_array_get_element (array, i), ptr, func, user_data))
+            return TRUE;
+          g_string_truncate (ptr, old);
+        }
+    }
+  return FALSE;
+}
+
 /* pointer_unescape_token - RFC 6901 token to name; NULL if a '~' is bad */
 static char *
 pointer_unescape_token (const char *token,
@@ -457,6 +507,7 @@ typedef struct {
   GArray     *open_lines;       /* int line of each open '{' or '[' */
   GHashTable *container_lines;  /* JsonObject* / JsonArray* → line */
   GHashTable *value_lines;      /* scalar JsonNode* → line */
+  PmxJsonDocument *doc;         /* being built; its lines are filled last */
 } DocumentParse;
 
 /* document_scalar_line - line of the scalar the parser just finished.
@@ -563,13 +614,14 @@ document_on_array_element (JsonParser *parser,
   document_record_value (user_data, json_array_get_element (array, (guint) index_));
 }
 
-/* document_collect_lines - fill doc->lines by walking the parsed tree */
-static void
-document_collect_lines (PmxJsonDocument *doc,
-                        DocumentParse   *dp,
-                        JsonNode        *node,
-                        GString         *ptr)
+/* document_collect_line - JsonWalkFunc: record in doc->lines the line of
+ * the value at @ptr */
+static gboolean
+document_collect_line (JsonNode *node,
+                       GString  *ptr,
+                       gpointer  user_data)
 {
+  DocumentParse *dp = user_data;
   gpointer key = node;
   gpointer line;
   GHashTable *table = dp->value_lines;
@@ -583,36 +635,8 @@ document_collect_lines (PmxJsonDocument *doc,
                                           : (gpointer) json_node_get_array (node);
     }
   if (g_hash_table_lookup_extended (table, key, NULL, &line))
-    g_hash_table_insert (doc->lines, g_strdup (ptr->str), line);
-
-  if (JSON_NODE_HOLDS_OBJECT (node))
-    {
-      JsonObjectIter iter;
-      const char *name;
-      JsonNode *member;
-
-      json_object_iter_init_ordered (&iter, json_node_get_object (node));
-      while (json_object_iter_next_ordered (&iter, &name, &member))
-        {
-          gsize old = pointer_push_key (ptr, name);
-
-          document_collect_lines (doc, dp, member, ptr);
-          g_string_truncate (ptr, old);
-        }
-    }
-  else if (JSON_NODE_HOLDS_ARRAY (node))
-    {
-      JsonArray *array = json_node_get_array (node);
-      guint i, len = json_array_get_length (array);
-
-      for (i = 0; i < len; i++)
-        {
-          gsize old = pointer_push_index (ptr, i);
-
-          document_collect_lines (doc, dp, json_array_get_element (array, i), ptr);
-          g_string_truncate (ptr, old);
-        }
-    }
+    g_hash_table_insert (dp->doc->lines, g_strdup (ptr->str), line);
+  return FALSE;
 }
 
 /* document_error_from_parser - rewrite json-glib's "<data>:4:2: Parse
@@ -725,7 +749,8 @@ pmx_json_document_parse (const char *text,
       g_hash_table_insert (dp.value_lines, root, GINT_TO_POINTER (line));
     }
   ptr = g_string_new ("");
-  document_collect_lines (doc, &dp, root, ptr);
+  dp.doc = doc;
+  json_walk_pointers (root, ptr, document_collect_line, &dp);
 
 out:
   g_array_unref (dp.line_starts);
@@ -1510,6 +1535,55 @@ validate_number (ValidateCtx *ctx,
   return valid;
 }
 
+/* validate_count - "max<Things>" and "min<Things>" (@max_keyword and
+ * @min_keyword) against @count, which is counted in @one or @many */
+static gboolean
+validate_count (ValidateCtx *ctx,
+                JsonObject  *obj,
+                GString     *ptr,
+                const char  *max_keyword,
+                const char  *min_keyword,
+                gint64       count,
+                const char  *one,
+                const char  *many)
+{
+  gboolean valid = TRUE;
+  gint64 limit;
+
+  if (schema_get_count (obj, max_keyword, &limit) && count > limit)
+    {
+      validate_report (ctx, ptr, max_keyword,
+                       "expected at most %" G_GINT64_FORMAT " %s, found %" G_GINT64_FORMAT,
+                       limit, plural (limit, one, many), count);
+      VALIDATE_STEP (ctx, valid, FALSE);
+    }
+  if (schema_get_count (obj, min_keyword, &limit) && count < limit)
+    {
+      validate_report (ctx, ptr, min_keyword,
+                       "expected at least %" G_GINT64_FORMAT " %s, found %" G_GINT64_FORMAT,
+                       limit, plural (limit, one, many), count);
+      VALIDATE_STEP (ctx, valid, FALSE);
+    }
+  return valid;
+}
+
+/* validate_get_regex - the compiled @pattern (transfer none); NULL, with
+ * validation stopped, when it does not compile */
+static GRegex *
+validate_get_regex (ValidateCtx *ctx,
+                    const char  *pattern)
+{
+  GError *regex_error = NULL;
+  GRegex *regex = schema_get_regex (ctx->schema, pattern, &regex_error);
+
+  if (regex == NULL)
+    {
+      validate_fail (ctx, PMX_SCHEMA_ERROR_INVALID, "%s", regex_error->message);
+      g_error_free (regex_error);
+    }
+  return regex;
+}
+
 /* validate_string - maxLength, minLength (in code points), pattern */
 static gboolean
 validate_string (ValidateCtx *ctx,
@@ -1520,40 +1594,19 @@ validate_string (ValidateCtx *ctx,
   const char *s = json_get_string (instance);
   const char *pattern;
   gboolean valid = TRUE;
-  gint64 limit;
-  glong length;
 
   if (s == NULL)
     return TRUE;
-  length = g_utf8_strlen (s, -1);
-
-  if (schema_get_count (obj, "maxLength", &limit) && length > limit)
-    {
-      validate_report (ctx, ptr, "maxLength",
-                       "expected at most %" G_GINT64_FORMAT " %s, found %ld",
-                       limit, plural (limit, "character", "characters"), length);
-      VALIDATE_STEP (ctx, valid, FALSE);
-    }
-  if (schema_get_count (obj, "minLength", &limit) && length < limit)
-    {
-      validate_report (ctx, ptr, "minLength",
-                       "expected at least %" G_GINT64_FORMAT " %s, found %ld",
-                       limit, plural (limit, "character", "characters"), length);
-      VALIDATE_STEP (ctx, valid, FALSE);
-    }
+  VALIDATE_STEP (ctx, valid, validate_count (ctx, obj, ptr, "maxLength", "minLength",
+                                             g_utf8_strlen (s, -1), "character", "characters"));
 
   pattern = json_get_string (json_object_get_member (obj, "pattern"));
   if (pattern != NULL)
     {
-      GError *regex_error = NULL;
-      GRegex *regex = schema_get_regex (ctx->schema, pattern, &regex_error);
+      GRegex *regex = validate_get_regex (ctx, pattern);
 
       if (regex == NULL)
-        {
-          validate_fail (ctx, PMX_SCHEMA_ERROR_INVALID, "%s", regex_error->message);
-          g_error_free (regex_error);
-          return FALSE;
-        }
+        return FALSE;
       if (!g_regex_match (regex, s, 0, NULL))
         {
           g_autofree char *found = json_display (instance);
@@ -1579,7 +1632,6 @@ validate_array (ValidateCtx *ctx,
   JsonNode *items, *additional, *contains;
   gboolean valid = TRUE;
   guint i, len, covered = 0;
-  gint64 limit;
 
   if (!JSON_NODE_HOLDS_ARRAY (instance))
     return TRUE;
@@ -1633,20 +1685,8 @@ validate_array (ValidateCtx *ctx,
         }
     }
 
-  if (schema_get_count (obj, "maxItems", &limit) && len > limit)
-    {
-      validate_report (ctx, ptr, "maxItems",
-                       "expected at most %" G_GINT64_FORMAT " %s, found %u",
-                       limit, plural (limit, "item", "items"), len);
-      VALIDATE_STEP (ctx, valid, FALSE);
-    }
-  if (schema_get_count (obj, "minItems", &limit) && len < limit)
-    {
-      validate_report (ctx, ptr, "minItems",
-                       "expected at least %" G_GINT64_FORMAT " %s, found %u",
-                       limit, plural (limit, "item", "items"), len);
-      VALIDATE_STEP (ctx, valid, FALSE);
-    }
+  VALIDATE_STEP (ctx, valid, validate_count (ctx, obj, ptr, "maxItems", "minItems",
+                                             len, "item", "items"));
 
   if (json_is_boolean (json_object_get_member (obj, "uniqueItems"))
       && json_node_get_boolean (json_object_get_member (obj, "uniqueItems")))
@@ -1731,15 +1771,10 @@ validate_member (ValidateCtx *ctx,
       json_object_iter_init_ordered (&iter, json_node_get_object (patterns));
       while (json_object_iter_next_ordered (&iter, &pattern, &sub))
         {
-          GError *regex_error = NULL;
-          GRegex *regex = schema_get_regex (ctx->schema, pattern, &regex_error);
+          GRegex *regex = validate_get_regex (ctx, pattern);
 
           if (regex == NULL)
-            {
-              validate_fail (ctx, PMX_SCHEMA_ERROR_INVALID, "%s", regex_error->message);
-              g_error_free (regex_error);
-              return FALSE;
-            }
+            return FALSE;
           if (!g_regex_match (regex, name, 0, NULL))
             continue;
           matched = TRUE;
@@ -1776,28 +1811,14 @@ validate_object (ValidateCtx *ctx,
   const char *name;
   JsonNode *value;
   gboolean valid = TRUE;
-  gint64 limit;
-  guint size;
 
   if (!JSON_NODE_HOLDS_OBJECT (instance))
     return TRUE;
   object = json_node_get_object (instance);
-  size = json_object_get_size (object);
 
-  if (schema_get_count (obj, "maxProperties", &limit) && size > limit)
-    {
-      validate_report (ctx, ptr, "maxProperties",
-                       "expected at most %" G_GINT64_FORMAT " %s, found %u",
-                       limit, plural (limit, "property", "properties"), size);
-      VALIDATE_STEP (ctx, valid, FALSE);
-    }
-  if (schema_get_count (obj, "minProperties", &limit) && size < limit)
-    {
-      validate_report (ctx, ptr, "minProperties",
-                       "expected at least %" G_GINT64_FORMAT " %s, found %u",
-                       limit, plural (limit, "property", "properties"), size);
-      VALIDATE_STEP (ctx, valid, FALSE);
-    }
+  VALIDATE_STEP (ctx, valid, validate_count (ctx, obj, ptr, "maxProperties", "minProperties",
+                                             json_object_get_size (object), "property",
+                                             "properties"));
 
   member = json_object_get_member (obj, "required");
   if (member != NULL && JSON_NODE_HOLDS_ARRAY (member))
@@ -2285,43 +2306,22 @@ validate_node (ValidateCtx *ctx,
   return valid;
 }
 
-/* problems_number_pointers - number every value of @node in document order,
- * keyed by its pointer */
-static void
-problems_number_pointers (JsonNode   *node,
-                          GString    *ptr,
-                          GHashTable *order,
-                          guint      *counter)
+typedef struct {
+  GHashTable *order;     /* JSON pointer → GUINT_TO_POINTER (place) */
+  guint       counter;   /* places handed out so far */
+} ProblemOrder;
+
+/* problems_number_pointer - JsonWalkFunc: give the value at @ptr the next
+ * place in document order */
+static gboolean
+problems_number_pointer (JsonNode *node,
+                         GString  *ptr,
+                         gpointer  user_data)
 {
-  g_hash_table_insert (order, g_strdup (ptr->str), GUINT_TO_POINTER (++*counter));
-  if (JSON_NODE_HOLDS_OBJECT (node))
-    {
-      JsonObjectIter iter;
-      const char *name;
-      JsonNode *member;
+  ProblemOrder *po = user_data;
 
-      json_object_iter_init_ordered (&iter, json_node_get_object (node));
-      while (json_object_iter_next_ordered (&iter, &name, &member))
-        {
-          gsize old = pointer_push_key (ptr, name);
-
-          problems_number_pointers (member, ptr, order, counter);
-          g_string_truncate (ptr, old);
-        }
-    }
-  else if (JSON_NODE_HOLDS_ARRAY (node))
-    {
-      JsonArray *array = json_node_get_array (node);
-      guint i;
-
-      for (i = 0; i < json_array_get_length (array); i++)
-        {
-          gsize old = pointer_push_index (ptr, i);
-
-          problems_number_pointers (json_array_get_element (array, i), ptr, order, counter);
-          g_string_truncate (ptr, old);
-        }
-    }
+  g_hash_table_insert (po->order, g_strdup (ptr->str), GUINT_TO_POINTER (++po->counter));
+  return FALSE;
 }
 
 typedef struct {
@@ -2350,13 +2350,16 @@ problems_sort (GPtrArray *problems,
   g_autoptr(GHashTable) order = NULL;
   g_autoptr(GString) ptr = NULL;
   g_autofree ProblemSortEntry *entries = NULL;
-  guint counter = 0, i;
+  ProblemOrder po;
+  guint i;
 
   if (problems->len < 2)
     return;
   order = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   ptr = g_string_new ("");
-  problems_number_pointers (instance, ptr, order, &counter);
+  po.order = order;
+  po.counter = 0;
+  json_walk_pointers (instance, ptr, problems_number_pointer, &po);
 
   entries = g_new (ProblemSortEntry, problems->len);
   for (i = 0; i < problems->len; i++)
@@ -2374,46 +2377,14 @@ problems_sort (GPtrArray *problems,
     problems->pdata[i] = entries[i].problem;
 }
 
-/* document_find_node - set @ptr to the pointer of @needle inside @node
- * (found by identity); FALSE if it is not there */
+/* document_is_node - JsonWalkFunc: whether @node is the one sought (by
+ * identity) */
 static gboolean
-document_find_node (JsonNode *node,
-                    JsonNode *needle,
-                    GString  *ptr)
+document_is_node (JsonNode *node,
+                  GString  *ptr,
+                  gpointer  user_data)
 {
-  if (node == needle)
-    return TRUE;
-  if (JSON_NODE_HOLDS_OBJECT (node))
-    {
-      JsonObjectIter iter;
-      const char *name;
-      JsonNode *member;
-
-      json_object_iter_init_ordered (&iter, json_node_get_object (node));
-      while (json_object_iter_next_ordered (&iter, &name, &member))
-        {
-          gsize old = pointer_push_key (ptr, name);
-
-          if (document_find_node (member, needle, ptr))
-            return TRUE;
-          g_string_truncate (ptr, old);
-        }
-    }
-  else if (JSON_NODE_HOLDS_ARRAY (node))
-    {
-      JsonArray *array = json_node_get_array (node);
-      guint i;
-
-      for (i = 0; i < json_array_get_length (array); i++)
-        {
-          gsize old = pointer_push_index (ptr, i);
-
-          if (document_find_node (json_array_get_element (array, i), needle, ptr))
-            return TRUE;
-          g_string_truncate (ptr, old);
-        }
-    }
-  return FALSE;
+  return node == user_data;
 }
 
 /* schema_validate - pmx_schema_validate() without argument checks */
@@ -2437,7 +2408,7 @@ schema_validate (PmxSchema        *self,
       /* @instance may be a value inside @doc (a transport's options, say):
        * its problems then take the lines of that value's place. */
       ctx.doc_ptr = g_string_new ("");
-      if (document_find_node (doc->root, instance, ctx.doc_ptr))
+      if (json_walk_pointers (doc->root, ctx.doc_ptr, document_is_node, instance))
         ctx.doc_prefix = ctx.doc_ptr->len;
       else
         {
