@@ -30,10 +30,12 @@ Forced replies (recipients count across connections, for the whole run):
   RCPT TO:<slow-S@...>          RCPT answered after S seconds
   --stall-after CMD             never answer CMD (BANNER, EHLO, MAIL, RCPT, DATA
                                 or DOT = the end of the message) for --stall-seconds
+A 421 reply closes the connection, as real MTAs do.
 
 Records, for the tests to assert on:
   --outdir DIR      every accepted message as NNNNNN.eml (the exact bytes after
-                    dot-unstuffing) and NNNNNN.json (envelope, auth, TLS, connection)
+                    dot-unstuffing) and NNNNNN.json (envelope, auth, TLS, connection,
+                    whether RCPT and DATA came pipelined behind MAIL)
   --status FILE     JSON counters, rewritten atomically after every change:
                     tcp_connections (accepted sockets, before any TLS handshake),
                     sessions, active, max_active, messages, auth (a list of
@@ -154,6 +156,8 @@ class Handler:
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         await self.stall(server, "MAIL")
+        # Pipelined: the RCPTs and DATA are already waiting to be read.
+        session.pipelined = len(getattr(server._reader, "_buffer", b"")) > 0
         if self.a.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         code = magic(address, "fail")
@@ -208,7 +212,8 @@ class Handler:
                            "auth_user": auth.login.decode(errors="replace") if auth is not None else None,
                            "auth_mech": server.auth_mech, "tls": tls is not None, "tls_version": tls,
                            "helo": session.host_name, "conn": server.conn_id,
-                           "size": len(envelope.original_content)}, f)
+                           "size": len(envelope.original_content),
+                           "pipelined": getattr(session, "pipelined", False)}, f)
         self.st.bump("messages")
         return "250 2.0.0 OK queued as %s" % qid
 
@@ -332,7 +337,9 @@ class PeerSMTP(SMTP):
         text = status.decode() if isinstance(status, bytes) else status
         for line in text.splitlines():
             self.st.say(self.conn_id, "S", line)
-        return await super().push(status)
+        await super().push(status)
+        if text.startswith("421") and self.transport is not None:
+            self.transport.close()
 
     async def smtp_MAIL(self, arg):
         if arg:
@@ -391,6 +398,8 @@ def main():
     p.add_argument("--rcpt-reply", action="append", default=[], help="ADDR=NNN or ADDR=NNNxK")
     p.add_argument("--stall-after", choices=["BANNER", "EHLO", "MAIL", "RCPT", "DATA", "DOT"])
     p.add_argument("--stall-seconds", type=float, default=600)
+    p.add_argument("--pipelining", dest="pipelining", action="store_true", default=True,
+                   help="offer PIPELINING (the default; the last of these two wins)")
     p.add_argument("--no-pipelining", dest="pipelining", action="store_false")
     p.add_argument("--size", type=int, default=32 * 1024 * 1024, help="SIZE limit (0: none)")
     p.add_argument("--outdir")

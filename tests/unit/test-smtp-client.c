@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-3.0-or-later */
 /*
  * test-smtp-client.c - the SDK's SMTP client engine against a real
- * aiosmtpd peer (smtp-peer-unit.py) on a free loopback port.
+ * aiosmtpd peer (tests/peers/smtp_peer.py, shared with the integration
+ * tests) on a free loopback port.
  *
  * Each test starts its own peer and stops it by pid.  The test CA and the
  * server certificate are made at start-up with the openssl command in a
@@ -61,35 +62,52 @@ make_certificates (void)
   ca_file = g_build_filename (tmp_dir, "ca.pem", NULL);
 }
 
-/* peer_start - start a peer with @tls ("none", "starttls", "implicit")
- * and the extra arguments (NULL-terminated); waits until it listens */
+/* peer_status_count - the counter @name in the peer's status file, or -1
+ * before the peer has written it */
+static gint64
+peer_status_count (Peer       *peer,
+                   const char *name)
+{
+  g_autofree char *path = g_build_filename (peer->dir, "status.json", NULL);
+  g_autofree char *key = g_strdup_printf ("\"%s\": ", name);
+  g_autofree char *contents = NULL;
+  const char *p;
+
+  if (!g_file_get_contents (path, &contents, NULL, NULL)
+      || (p = strstr (contents, key)) == NULL)
+    return -1;
+  return g_ascii_strtoll (p + strlen (key), NULL, 10);
+}
+
+/* peer_start - start a peer in @mode ("none", "starttls", "tls") that does
+ * not offer PIPELINING, with the extra arguments (NULL-terminated;
+ * "--pipelining" offers it); waits until it listens */
 static Peer *
-peer_start (const char *tls,
+peer_start (const char *mode,
             ...)
 {
   Peer *peer = g_new0 (Peer, 1);
   g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func (g_free);
-  g_autofree char *port_file = NULL;
   g_autoptr(GError) error = NULL;
   const char *arg;
   va_list args;
 
   peer->dir = g_dir_make_tmp ("pmx-smtp-peer-XXXXXX", &error);
   g_assert_no_error (error);
-  port_file = g_build_filename (peer->dir, "port", NULL);
   g_ptr_array_add (argv, g_strdup ("/usr/bin/python3"));
   g_ptr_array_add (argv, g_strdup (peer_script));
-  g_ptr_array_add (argv, g_strdup ("--port-file"));
-  g_ptr_array_add (argv, g_strdup (port_file));
+  g_ptr_array_add (argv, g_strdup ("--status"));
+  g_ptr_array_add (argv, g_build_filename (peer->dir, "status.json", NULL));
   g_ptr_array_add (argv, g_strdup ("--outdir"));
   g_ptr_array_add (argv, g_build_filename (peer->dir, "out", NULL));
-  g_ptr_array_add (argv, g_strdup ("--tls"));
-  g_ptr_array_add (argv, g_strdup (tls));
+  g_ptr_array_add (argv, g_strdup ("--mode"));
+  g_ptr_array_add (argv, g_strdup (mode));
+  g_ptr_array_add (argv, g_strdup ("--no-pipelining"));
   g_ptr_array_add (argv, g_strdup ("--cert"));
   g_ptr_array_add (argv, g_build_filename (tmp_dir, "cert.pem", NULL));
   g_ptr_array_add (argv, g_strdup ("--key"));
   g_ptr_array_add (argv, g_build_filename (tmp_dir, "key.pem", NULL));
-  va_start (args, tls);
+  va_start (args, mode);
   while ((arg = va_arg (args, const char *)) != NULL)
     g_ptr_array_add (argv, g_strdup (arg));
   va_end (args);
@@ -99,12 +117,13 @@ peer_start (const char *tls,
                  | G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
                  NULL, NULL, &peer->pid, &error);
   g_assert_no_error (error);
+  /* The status file appears, with the port, once the peer listens. */
   for (int i = 0; i < 400 && peer->port == 0; i++)
     {
-      g_autofree char *contents = NULL;
+      gint64 port = peer_status_count (peer, "port");
 
-      if (g_file_get_contents (port_file, &contents, NULL, NULL))
-        peer->port = (guint16) g_ascii_strtoull (contents, NULL, 10);
+      if (port > 0)
+        peer->port = (guint16) port;
       else
         g_usleep (25000);
     }
@@ -144,16 +163,15 @@ peer_file (Peer       *peer,
   return contents;
 }
 
-/* peer_connections - how many connections the peer saw */
+/* peer_connections - how many SMTP sessions the peer saw (a STARTTLS
+ * upgrade stays one) */
 static guint
 peer_connections (Peer *peer)
 {
-  g_autofree char *log = peer_file (peer, "connections", NULL);
-  guint n = 0;
+  gint64 n = peer_status_count (peer, "sessions");
 
-  for (const char *p = log; p != NULL && *p != '\0'; p++)
-    n += *p == '\n';
-  return n;
+  g_assert_cmpint (n, >=, 0);
+  return (guint) n;
 }
 
 /* config_for - a client configuration for @peer */
@@ -233,7 +251,7 @@ assert_recipient (PmxResult    *result,
 /* ---------------------------------------------------------------------- */
 
 typedef struct {
-  const char     *peer_tls;
+  const char     *peer_mode;
   PmxSmtpSecurity security;
   PmxSmtpAuth     auth;
   const char     *expected;   /* client lines */
@@ -250,13 +268,13 @@ static const AuthCase auth_cases[] = {
     "EHLO client.test|STARTTLS|EHLO client.test|AUTH CRAM-MD5|<redacted>|" MSG_LINES },
   { "starttls", PMX_SMTP_SECURITY_STARTTLS, PMX_SMTP_AUTH_NONE,
     "EHLO client.test|STARTTLS|EHLO client.test|" MSG_LINES },
-  { "implicit", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_PLAIN,
+  { "tls", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_PLAIN,
     "EHLO client.test|AUTH PLAIN <redacted>|" MSG_LINES },
-  { "implicit", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_LOGIN,
+  { "tls", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_LOGIN,
     "EHLO client.test|AUTH LOGIN|<redacted>|<redacted>|" MSG_LINES },
-  { "implicit", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_CRAM_MD5,
+  { "tls", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_CRAM_MD5,
     "EHLO client.test|AUTH CRAM-MD5|<redacted>|" MSG_LINES },
-  { "implicit", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_NONE,
+  { "tls", PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_NONE,
     "EHLO client.test|" MSG_LINES },
   { "none", PMX_SMTP_SECURITY_NONE, PMX_SMTP_AUTH_PLAIN,
     "EHLO client.test|AUTH PLAIN <redacted>|" MSG_LINES },
@@ -278,7 +296,7 @@ static void
 test_deliver (gconstpointer data)
 {
   const AuthCase *tc = data;
-  g_autoptr(Peer) peer = peer_start (tc->peer_tls, "--user", "alice:secret", "--auth-over-plaintext", NULL);
+  g_autoptr(Peer) peer = peer_start (tc->peer_mode, "--user", "alice:secret", "--auth-over-plaintext", NULL);
   PmxSmtpConfig config = config_for (peer, tc->security, tc->auth);
   g_autoptr(PmxSmtpClient) client = NULL;
   const char *const rcpts[] = { "b@y.test", NULL };
@@ -292,20 +310,20 @@ test_deliver (gconstpointer data)
   client = pmx_smtp_client_new (&config);
   result = send_to (client, rcpts, test_message);
   g_assert_cmpint (pmx_result_get_failure (result), ==, PMX_FAILURE_NONE);
-  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as q1");
-  g_assert_cmpstr (pmx_result_get_remote_id (result), ==, "q1");
+  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
+  g_assert_cmpstr (pmx_result_get_remote_id (result), ==, "000001");
   lines = client_lines (pmx_result_get_transcript (result));
   g_assert_cmpstr (lines, ==, tc->expected);
   g_assert_null (strstr (pmx_result_get_transcript (result), "secret"));
   g_assert_null (strstr (pmx_result_get_transcript (result), b64));
 
-  eml = peer_file (peer, "1.eml", NULL);
+  eml = peer_file (peer, "000001.eml", NULL);
   g_assert_cmpstr (eml, ==, test_message);
-  json = peer_file (peer, "1.json", NULL);
+  json = peer_file (peer, "000001.json", NULL);
   if (tc->auth == PMX_SMTP_AUTH_NONE)
-    g_assert_nonnull (strstr (json, "\"auth\": null"));
+    g_assert_nonnull (strstr (json, "\"auth_user\": null"));
   else
-    g_assert_nonnull (strstr (json, "\"auth\": \"alice\""));
+    g_assert_nonnull (strstr (json, "\"auth_user\": \"alice\""));
   g_assert_nonnull (strstr (json, tc->security == PMX_SMTP_SECURITY_NONE ? "\"tls\": false" : "\"tls\": true"));
   g_assert_nonnull (strstr (json, "\"pipelined\": false"));
 }
@@ -340,7 +358,7 @@ test_wrong_password (void)
   g_assert_cmpuint (pmx_result_get_failure_code (result), ==, 535);
   g_assert_true (pmx_result_get_session_broken (result));
   assert_recipient (result, 0, PMX_RCPT_DEFERRED, 535, "5.7.8", pmx_result_get_failure_text (result));
-  g_assert_null (peer_file (peer, "1.eml", NULL));
+  g_assert_null (peer_file (peer, "000001.eml", NULL));
 }
 
 /* /smtp/starttls/required-not-offered - refused before any credential */
@@ -398,7 +416,7 @@ test_mech_not_offered (void)
 static void
 test_untrusted (void)
 {
-  g_autoptr(Peer) peer = peer_start ("implicit", NULL);
+  g_autoptr(Peer) peer = peer_start ("tls", NULL);
   PmxSmtpConfig config = config_for (peer, PMX_SMTP_SECURITY_TLS, PMX_SMTP_AUTH_NONE);
   g_autoptr(PmxSmtpClient) client = NULL;
   g_autoptr(PmxSmtpClient) unverified = NULL;
@@ -436,10 +454,10 @@ test_mixed_recipients (void)
   g_autoptr(PmxSmtpClient) client = pmx_smtp_client_new (&config);
   const char *const rcpts[] = { "ok@y.test", "fail-451@y.test", "fail-550@y.test", NULL };
   g_autoptr(PmxResult) result = send_to (client, rcpts, test_message);
-  g_autofree char *json = peer_file (peer, "1.json", NULL);
+  g_autofree char *json = peer_file (peer, "000001.json", NULL);
 
   g_assert_cmpint (pmx_result_get_failure (result), ==, PMX_FAILURE_NONE);
-  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as q1");
+  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
   assert_recipient (result, 1, PMX_RCPT_DEFERRED, 451, "4.3.0", "forced temporary failure (451)");
   assert_recipient (result, 2, PMX_RCPT_BOUNCED, 550, "5.7.1", "forced permanent failure (550)");
   g_assert_false (pmx_result_get_session_broken (result));
@@ -471,7 +489,7 @@ test_pipelining (void)
   g_autoptr(PmxSmtpClient) client = pmx_smtp_client_new (&config);
   const char *const rcpts[] = { "ok@y.test", "fail-550@y.test", NULL };
   g_autoptr(PmxResult) result = send_to (client, rcpts, test_message);
-  g_autofree char *json = peer_file (peer, "1.json", NULL);
+  g_autofree char *json = peer_file (peer, "000001.json", NULL);
   const char *t = pmx_result_get_transcript (result);
   const char *expected =
     "C: MAIL FROM:<a@x.test> SIZE=54\n"
@@ -484,11 +502,11 @@ test_pipelining (void)
     "S: 354 End data with <CR><LF>.<CR><LF>\n"
     "C: <message, 54 bytes>\n"
     "C: .\n"
-    "S: 250 2.0.0 OK queued as q1\n";
+    "S: 250 2.0.0 OK queued as 000001\n";
 
   g_assert_nonnull (strstr (t, "S: 250 HELP\n"));
   g_assert_cmpstr (strstr (t, "S: 250 HELP\n") + strlen ("S: 250 HELP\n"), ==, expected);
-  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as q1");
+  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
   assert_recipient (result, 1, PMX_RCPT_BOUNCED, 550, "5.7.1", "forced permanent failure (550)");
   g_assert_nonnull (strstr (json, "\"pipelined\": true"));
 }
@@ -505,9 +523,9 @@ test_dot_stuffing (void)
   const char *message = "Subject: dots\r\n\r\n.leading\r\n..two\r\n.\r\nbare\nlf\r\n.\n\nend";
   g_autoptr(PmxResult) result = send_to (client, rcpts, message);
   gsize len = 0;
-  g_autofree char *eml = peer_file (peer, "1.eml", &len);
+  g_autofree char *eml = peer_file (peer, "000001.eml", &len);
 
-  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as q1");
+  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
   g_assert_cmpstr (eml, ==, "Subject: dots\r\n\r\n.leading\r\n..two\r\n.\r\nbare\r\nlf\r\n.\r\n\r\nend\r\n");
   g_assert_cmpuint (len, ==, strlen (eml));
 }
@@ -554,7 +572,7 @@ test_421 (void)
   g_assert_false (pmx_smtp_client_is_connected (client));
 
   again = send_to (client, good, test_message);
-  assert_recipient (again, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as q1");
+  assert_recipient (again, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
   g_assert_cmpuint (peer_connections (peer), ==, 2);
 }
 
@@ -599,7 +617,7 @@ test_reuse (void)
     {
       g_autoptr(PmxResult) result = send_to (client, rcpts, test_message);
       g_autofree char *lines = client_lines (pmx_result_get_transcript (result));
-      g_autofree char *queued = g_strdup_printf ("OK queued as q%d", i + 1);
+      g_autofree char *queued = g_strdup_printf ("OK queued as %06d", i + 1);
 
       if (g_getenv ("SMTP_DEBUG"))
         g_printerr ("%s", pmx_result_get_transcript (result));
@@ -723,10 +741,10 @@ test_utf8 (void)
   g_autoptr(PmxSmtpClient) client = pmx_smtp_client_new (&config);
   const char *const rcpts[] = { "b\xc3\xbc@y.test", NULL };
   g_autoptr(PmxResult) result = send_to (client, rcpts, test_message);
-  g_autofree char *json = peer_file (peer, "1.json", NULL);
+  g_autofree char *json = peer_file (peer, "000001.json", NULL);
 
   /* aiosmtpd offers SMTPUTF8: the parameter is on MAIL */
-  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as q1");
+  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
   g_assert_nonnull (strstr (pmx_result_get_transcript (result), "C: MAIL FROM:<a@x.test> SIZE=54 SMTPUTF8\n"));
   g_assert_nonnull (json);
 }
@@ -748,7 +766,7 @@ main (int    argc,
       g_test_skip ("python3-aiosmtpd is not installed (apt-get install python3-aiosmtpd)");
       return 0;
     }
-  peer_script = g_test_build_filename (G_TEST_DIST, "unit", "smtp-peer-unit.py", NULL);
+  peer_script = g_test_build_filename (G_TEST_DIST, "peers", "smtp_peer.py", NULL);
   tmp_dir = g_dir_make_tmp ("pmx-smtp-tls-XXXXXX", &error);
   g_assert_no_error (error);
   make_certificates ();
