@@ -16,7 +16,7 @@ tap = Tap()
 
 gw = SmtpGateway("pmx-smtpd-hostile",
                  smtpd={"max_message_size": 20000, "max_connections_per_client": 4,
-                        "timeouts": {"command": "2s", "data": "2s"}},
+                        "timeouts": {"command": "2s", "data": "2s"}, "pregreet_wait": "3s"},
                  auth={"networks": [{"cidr": "127.0.0.1/32", "senders": ["@x.test"]}],
                        "smtp_users": {"alice": {"password_hash": password_hash("secret"), "senders": ["@x.test"]}}})
 
@@ -112,11 +112,13 @@ def pregreet(port):
 
 
 def from_foreign_network(port):
+    t0 = time.time()
     c = Raw(port, bind="127.0.0.2")
+    waited = time.time() - t0
     c.cmd("EHLO client.test")
     r = c.cmd("MAIL FROM:<a@x.test>")
     c.close()
-    return r
+    return r, waited
 
 
 def too_many_connections(port):
@@ -182,11 +184,12 @@ try:
     trusted = Raw(gw.port)
     took = time.time() - t0
     trusted.close()
-    tap.ok(trusted.greeting[0] == 220 and took < 0.8, "a client in auth.networks is greeted without the pre-greet wait",
+    tap.ok(trusted.greeting[0] == 220 and took < 1.5, "a client in auth.networks is greeted without the 3 s pre-greet wait",
            (trusted.greeting, took))
     code, lines = pregreet(gw.port)
     tap.ok(code == 554 and "5.5.0" in lines[0] and "closed" in lines, "bytes before the greeting -> 554 5.5.0 and close", lines)
-    code, lines = from_foreign_network(gw.port)
+    (code, lines), waited = from_foreign_network(gw.port)
+    tap.ok(waited >= 2.9, "a client outside auth.networks is greeted after smtpd.pregreet_wait (3 s)", waited)
     tap.ok(code == 530 and "5.7.0 Authentication required" in lines[0], "MAIL from 127.0.0.2 (not in auth.networks) -> 530 5.7.0", lines)
     code, lines = too_many_connections(gw.port)
     tap.ok(code == 421 and "4.7.0" in lines[0] and "closed" in lines, "a 5th connection from one client -> 421 4.7.0", lines)
