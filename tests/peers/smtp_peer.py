@@ -17,8 +17,10 @@ Security modes (--mode):
 Certificates: --cert/--key (PEM); the tests generate them at run time.
 
 AUTH: PLAIN, LOGIN, CRAM-MD5 against --user NAME:PASSWORD (repeatable);
-XOAUTH2 and OAUTHBEARER against --token USER:TOKEN (repeatable; on a bad token
-the RFC 7628 error challenge, then 535).  --auth-mechs limits what is offered.
+XOAUTH2 and OAUTHBEARER against --token USER:TOKEN (repeatable) and the
+USER:TOKEN lines of --token-file (re-read at every AUTH, so a test's token
+endpoint can issue and revoke tokens); on a bad token the RFC 7628 error
+challenge, then 535.  --auth-mechs limits what is offered.
 
 Forced replies (recipients count across connections, for the whole run):
   RCPT TO:<fail-NNN@...>        RCPT answered NNN, always
@@ -137,6 +139,21 @@ class Handler:
         self.seq = 0
         if args.outdir:
             os.makedirs(args.outdir, exist_ok=True)
+
+    def token_user(self, tok):
+        """The user @tok was issued for, or None."""
+        if tok in self.tokens:
+            return self.tokens[tok]
+        if self.a.token_file:
+            try:
+                with open(self.a.token_file) as f:
+                    for line in f:
+                        u, _, t = line.rstrip("\n").partition(":")
+                        if t and t == tok:
+                            return u
+            except FileNotFoundError:
+                pass
+        return None
 
     async def stall(self, server, what):
         if self.a.stall_after == what:
@@ -262,7 +279,7 @@ class Handler:
         user = parts.get("user", "")
         auth = parts.get("auth", "")
         tok = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
-        ok = self.tokens.get(tok) == user
+        ok = bool(tok) and self.token_user(tok) == user
         server.note_auth(user, ok)
         if ok:
             return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b"xoauth2"))
@@ -278,11 +295,12 @@ class Handler:
         kv = dict(p.split("=", 1) for p in rest.split("\x01") if "=" in p)
         auth = kv.get("auth", "")
         tok = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
-        ok = tok in self.tokens and (not user or self.tokens[tok] == user)
-        server.note_auth(user or self.tokens.get(tok), ok)
+        owner = self.token_user(tok) if tok else None
+        ok = owner is not None and (not user or owner == user)
+        server.note_auth(user or owner, ok)
         if ok:
             return AuthResult(success=True,
-                              auth_data=LoginPassword((user or self.tokens[tok]).encode(), b"oauthbearer"))
+                              auth_data=LoginPassword((user or owner).encode(), b"oauthbearer"))
         return await self._oauth_fail(server, "OAUTHBEARER")
 
 
@@ -394,6 +412,7 @@ def main():
     p.add_argument("--auth-over-plaintext", action="store_true")
     p.add_argument("--user", action="append", default=[], help="NAME:PASSWORD")
     p.add_argument("--token", action="append", default=[], help="USER:TOKEN")
+    p.add_argument("--token-file", help="file of USER:TOKEN lines, re-read at every AUTH")
     p.add_argument("--auth-mechs", help="comma-separated subset of %s" % ",".join(ALL_MECHS))
     p.add_argument("--rcpt-reply", action="append", default=[], help="ADDR=NNN or ADDR=NNNxK")
     p.add_argument("--stall-after", choices=["BANNER", "EHLO", "MAIL", "RCPT", "DATA", "DOT"])
@@ -441,7 +460,7 @@ def main():
         ctx.load_cert_chain(a.cert, a.key)
 
     offered = [m.strip().upper() for m in a.auth_mechs.split(",")] if a.auth_mechs else \
-        (["PLAIN", "LOGIN", "CRAM-MD5"] if a.user else []) + (["XOAUTH2", "OAUTHBEARER"] if a.token else [])
+        (["PLAIN", "LOGIN", "CRAM-MD5"] if a.user else []) + (["XOAUTH2", "OAUTHBEARER"] if a.token or a.token_file else [])
     kw = dict(hostname="peer.test", ident="smtp_peer", authenticator=authenticator,
               auth_required=False, auth_require_tls=(a.mode == "starttls" and not a.auth_over_plaintext),
               auth_exclude_mechanism=[m for m in ALL_MECHS if m not in offered],

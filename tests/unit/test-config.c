@@ -129,7 +129,7 @@ static const InvalidCase invalid_cases[] = {
     "line 3: /retry/max_age: expected a string matching \"^[0-9]+(ms|s|m|h|d|w)$\", found \"5 days\" (pattern)" },
   { "unknown-preset",
     "{\"transports\": {\"a\": {\"preset\": \"hotmale\"}},\n \"default\": \"a\"}",
-    "line 1: /transports/a: unknown preset \"hotmale\" — known presets: 163, aliyun, gmail, icloud, office365, outlook, qq, sendgrid, yahoo, zoho" },
+    "line 1: /transports/a: unknown preset \"hotmale\" — known presets: 163, aliyun, gmail, gmail-oauth, icloud, office365, office365-oauth, outlook, qq, sendgrid, yahoo, zoho" },
 };
 
 /* /config/invalid/<name> - each invalid config gives its specific message */

@@ -1,0 +1,652 @@
+/* SPDX-License-Identifier: GPL-3.0-or-later */
+/*
+ * pmx-oauth2-smtp.c - the oauth2-smtp transport: relays through Microsoft
+ * 365, Gmail or any SMTP server that takes an OAuth2 bearer token, with
+ * SASL XOAUTH2 or OAUTHBEARER (RFC 7628).
+ *
+ * A thin layer over two SDK pieces: the SMTP client engine
+ * (postmux-smtp.h; RFC 5321, 3207, 8314, 4954, 7628) and the token source
+ * (postmux-oauth2.h), which caches, refreshes, stores (state_dir/tokens,
+ * mode 0600) and single-flights the access tokens of the "credential"
+ * option.
+ *
+ * Token lifetime: a server checks the token at AUTH time only, so an open
+ * session keeps working after its token expires.  Before each send the
+ * session asks the source for the current token and hands a new one to the
+ * engine, which uses it at the next AUTH (a reconnect).  An AUTH refusal
+ * invalidates the token at the source, fetches a fresh one and retries the
+ * connection once before reporting AUTH.
+ *
+ * Trusts: the options, validated against the schema below; the credential
+ * is checked (and its secrets resolved) by pmx_token_source_new() at create.
+ * Fails: open_session errors carry a PMX_TRANSPORT_ERROR code — TEMPORARY
+ * for an unreachable token endpoint and for network, TLS and timeouts; AUTH
+ * for a refused token or a credential that needs a login; CONFIG for a
+ * credential the provider refuses (the message has the provider's code and
+ * the fix).  Never logs a token or puts one in an error or a transcript.
+ */
+#include <postmux/postmux.h>
+
+#include <string.h>
+
+#define O2_DURATION "{ \"oneOf\": [ { \"type\": \"integer\", \"minimum\": 1 }, \
+      { \"type\": \"string\", \"pattern\": \"^[0-9]+(ms|s|m|h)$\" } ] }"
+
+/* The options; the integration tests and the presets code against these names. */
+#define O2_SCHEMA "{ \
+  \"$schema\": \"http://json-schema.org/draft-07/schema#\", \
+  \"title\": \"oauth2-smtp transport options\", \
+  \"type\": \"object\", \
+  \"additionalProperties\": false, \
+  \"required\": [\"host\", \"username\", \"credential\"], \
+  \"properties\": { \
+    \"host\": { \"type\": \"string\", \"minLength\": 1, \
+      \"description\": \"the SMTP server (also the name its certificate must carry)\" }, \
+    \"port\": { \"type\": \"integer\", \"minimum\": 1, \"maximum\": 65535, \
+      \"description\": \"default by security: none 25, starttls 587, tls 465, opportunistic 25\" }, \
+    \"security\": { \"enum\": [\"none\", \"starttls\", \"tls\", \"opportunistic\"], \"default\": \"starttls\", \
+      \"description\": \"starttls requires STARTTLS; tls is implicit TLS (port 465); opportunistic uses STARTTLS when offered\" }, \
+    \"mechanism\": { \"enum\": [\"xoauth2\", \"oauthbearer\"], \"default\": \"xoauth2\", \
+      \"description\": \"SASL mechanism carrying the access token\" }, \
+    \"username\": { \"type\": \"string\", \"minLength\": 1, \
+      \"description\": \"the mailbox the token is for\" }, \
+    \"credential\": { \"type\": \"object\", \
+      \"description\": \"the OAuth2 credential: kind (microsoft, google, generic), tenant, client_id, client_secret, token_endpoint, scopes...\" }, \
+    \"allow_plaintext_auth\": { \"type\": \"boolean\", \"default\": false, \
+      \"description\": \"allow the token on an unencrypted connection (testing only)\" }, \
+    \"helo_name\": { \"type\": \"string\", \"minLength\": 1, \
+      \"description\": \"the EHLO name; default this machine's host name\" }, \
+    \"tls_verify\": { \"type\": \"boolean\", \"default\": true, \
+      \"description\": \"verify the server certificate and name; false only for testing\" }, \
+    \"ca_file\": { \"type\": \"string\", \"minLength\": 1, \
+      \"description\": \"PEM file of CAs trusted in addition to the system store\" }, \
+    \"tls_min_version\": { \"enum\": [\"1.2\", \"1.3\"], \"default\": \"1.2\" }, \
+    \"timeouts\": { \"type\": \"object\", \"additionalProperties\": false, \
+      \"properties\": { \
+        \"connect\": " O2_DURATION ", \
+        \"command\": " O2_DURATION ", \
+        \"data\": " O2_DURATION " \
+      }, \
+      \"description\": \"seconds, or 500ms/30s/5m/1h; defaults connect 30s, command 5m, data 10m\" }, \
+    \"default_from\": { \"type\": \"string\", \
+      \"description\": \"sender used by postmux send --test\" }, \
+    \"max_messages_per_connection\": { \"type\": \"integer\", \"minimum\": 1, \"default\": 1000, \
+      \"description\": \"reconnect after this many messages on one connection\" }, \
+    \"hint\": { \"type\": \"string\", \
+      \"description\": \"shown by postmux doctor when authentication fails (presets fill it)\" } \
+  } \
+}"
+
+struct _PmxTransport {
+  char              *name;
+  char              *host;
+  guint16            port;
+  PmxSmtpSecurity    security;
+  PmxSmtpAuth        mechanism;       /* XOAUTH2 or OAUTHBEARER */
+  char              *username;
+  gboolean           allow_plaintext_auth;
+  char              *helo_name;
+  gboolean           tls_verify;
+  char              *ca_file;
+  PmxSmtpTlsVersion  tls_min_version;
+  guint              connect_ms, command_ms, data_ms;
+  guint              max_messages;
+  char              *hint;
+  PmxTokenSource    *tokens;          /* thread-safe; shared by every session */
+};
+
+struct _PmxSession {
+  PmxTransport  *transport;
+  PmxSmtpClient *client;
+  char          *token;               /* the one the engine holds; pmx_secret_free() */
+};
+
+/* o2_duration_ms - a timeouts member in milliseconds, or @fallback */
+static gboolean
+o2_duration_ms (JsonObject *timeouts,
+                const char *member,
+                guint       fallback,
+                guint      *out_ms)
+{
+  static const struct { const char *unit; guint64 ms; } units[] = {
+    { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
+  };
+  JsonNode *node = timeouts != NULL ? json_object_get_member (timeouts, member) : NULL;
+  const char *text, *end = NULL;
+  guint64 n;
+
+  *out_ms = fallback;
+  if (node == NULL)
+    return TRUE;
+  if (json_node_get_value_type (node) == G_TYPE_INT64)
+    {
+      gint64 s = json_node_get_int (node);
+
+      if (s < 1 || s > G_MAXUINT / 1000)
+        return FALSE;
+      *out_ms = (guint) s * 1000;
+      return TRUE;
+    }
+  if (json_node_get_value_type (node) != G_TYPE_STRING)
+    return FALSE;
+  text = json_node_get_string (node);
+  if (!g_ascii_isdigit (text[0]))
+    return FALSE;
+  n = g_ascii_strtoull (text, (char **) &end, 10);
+  for (gsize i = 0; i < G_N_ELEMENTS (units); i++)
+    if (strcmp (end, units[i].unit) == 0)
+      {
+        if (n == 0 || n > G_MAXUINT / units[i].ms)
+          return FALSE;
+        *out_ms = (guint) (n * units[i].ms);
+        return TRUE;
+      }
+  return FALSE;
+}
+
+/* o2_enum - index of @value in @names, or -1 */
+static int
+o2_enum (const char        *value,
+         const char *const *names)
+{
+  for (int i = 0; names[i] != NULL; i++)
+    if (g_strcmp0 (value, names[i]) == 0)
+      return i;
+  return -1;
+}
+
+/* o2_destroy - free an instance and its token source */
+static void
+o2_destroy (PmxTransport *self)
+{
+  g_free (self->name);
+  g_free (self->host);
+  g_free (self->username);
+  g_free (self->helo_name);
+  g_free (self->ca_file);
+  g_free (self->hint);
+  g_clear_pointer (&self->tokens, pmx_token_source_unref);
+  g_free (self);
+}
+
+/* o2_credential_options - a copy of @credential with the name and the
+ * default SMTP scopes of its kind filled in when missing */
+static JsonObject *
+o2_credential_options (JsonObject *credential,
+                       const char *instance_name)
+{
+  JsonObject *o = json_object_new ();
+  const char *kind;
+  gboolean delegated;
+
+  GList *members = json_object_get_members (credential);
+
+  for (GList *m = members; m != NULL; m = m->next)
+    json_object_set_member (o, m->data, json_node_copy (json_object_get_member (credential, m->data)));
+  g_list_free (members);
+  if (!json_object_has_member (o, "name"))
+    json_object_set_string_member (o, "name", instance_name);
+  if (json_object_has_member (o, "scopes"))
+    return o;
+
+  kind = json_object_get_string_member_with_default (o, "kind", NULL);
+  delegated = json_object_has_member (o, "refresh_token")
+              || g_strcmp0 (json_object_get_string_member_with_default (o, "grant", NULL), "refresh_token") == 0;
+  if (g_strcmp0 (kind, "microsoft") == 0)
+    json_object_set_string_member (o, "scopes", delegated ? "https://outlook.office.com/SMTP.Send offline_access"
+                                                          : "https://outlook.office365.com/.default");
+  else if (g_strcmp0 (kind, "google") == 0)
+    json_object_set_string_member (o, "scopes", "https://mail.google.com/");
+  return o;
+}
+
+/* o2_create - read and check the options, build the token source (no network) */
+static PmxTransport *
+o2_create (const PmxTransportArgs *args,
+           GError                **error)
+{
+  static const char *const securities[] = { "none", "starttls", "tls", "opportunistic", NULL };
+  static const guint16 default_ports[] = { 25, 587, 465, 25 };
+  static const char *const mechanisms[] = { "xoauth2", "oauthbearer", NULL };
+  JsonObject *o = args->options;
+  JsonObject *timeouts = json_object_has_member (o, "timeouts")
+                           ? json_object_get_object_member (o, "timeouts") : NULL;
+  JsonObject *credential = json_object_has_member (o, "credential")
+                             ? json_object_get_object_member (o, "credential") : NULL;
+  g_autoptr(JsonObject) cred_options = NULL;
+  g_autoptr(GError) local_error = NULL;
+  g_autofree char *store_dir = NULL;
+  PmxTransport *self = g_new0 (PmxTransport, 1);
+  int security, mechanism;
+
+  self->name = g_strdup (args->instance_name);
+  self->host = g_strdup (json_object_get_string_member_with_default (o, "host", NULL));
+  security = o2_enum (json_object_get_string_member_with_default (o, "security", "starttls"), securities);
+  self->security = security < 0 ? PMX_SMTP_SECURITY_STARTTLS : (PmxSmtpSecurity) security;
+  self->port = (guint16) json_object_get_int_member_with_default (o, "port", default_ports[self->security]);
+  mechanism = o2_enum (json_object_get_string_member_with_default (o, "mechanism", "xoauth2"), mechanisms);
+  self->mechanism = mechanism == 1 ? PMX_SMTP_AUTH_OAUTHBEARER : PMX_SMTP_AUTH_XOAUTH2;
+  self->username = g_strdup (json_object_get_string_member_with_default (o, "username", NULL));
+  self->allow_plaintext_auth = json_object_get_boolean_member_with_default (o, "allow_plaintext_auth", FALSE);
+  self->helo_name = g_strdup (json_object_get_string_member_with_default (o, "helo_name", g_get_host_name ()));
+  self->tls_verify = json_object_get_boolean_member_with_default (o, "tls_verify", TRUE);
+  self->ca_file = g_strdup (json_object_get_string_member_with_default (o, "ca_file", NULL));
+  self->tls_min_version = g_strcmp0 (json_object_get_string_member_with_default (o, "tls_min_version", "1.2"), "1.3") == 0
+                            ? PMX_SMTP_TLS_1_3 : PMX_SMTP_TLS_1_2;
+  self->max_messages = (guint) CLAMP (json_object_get_int_member_with_default (o, "max_messages_per_connection", 1000),
+                                      1, G_MAXUINT);
+  self->hint = g_strdup (json_object_get_string_member_with_default (o, "hint", NULL));
+
+  if (self->host == NULL || self->host[0] == '\0' || security < 0 || mechanism < 0)
+    {
+      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
+                   "transport '%s': option host is required (the SMTP server's name), security "
+                   "must be none, starttls, tls or opportunistic, and mechanism xoauth2 or oauthbearer",
+                   self->name);
+      o2_destroy (self);
+      return NULL;
+    }
+  if (self->username == NULL || self->username[0] == '\0' || credential == NULL)
+    {
+      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
+                   "transport '%s': options username (the mailbox) and credential (the OAuth2 "
+                   "client: kind, tenant, client_id, client_secret...) are required", self->name);
+      o2_destroy (self);
+      return NULL;
+    }
+  if (!o2_duration_ms (timeouts, "connect", 30000, &self->connect_ms)
+      || !o2_duration_ms (timeouts, "command", 300000, &self->command_ms)
+      || !o2_duration_ms (timeouts, "data", 600000, &self->data_ms))
+    {
+      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
+                   "transport '%s': option timeouts: each of connect, command and data is a "
+                   "number of seconds or a duration such as \"30s\" or \"5m\"", self->name);
+      o2_destroy (self);
+      return NULL;
+    }
+
+  cred_options = o2_credential_options (credential, self->name);
+  store_dir = args->state_dir != NULL ? g_build_filename (args->state_dir, "tokens", NULL) : NULL;
+  self->tokens = pmx_token_source_new (cred_options, store_dir, &local_error);
+  if (self->tokens == NULL)
+    {
+      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
+                   "transport '%s': option credential: %s", self->name, local_error->message);
+      o2_destroy (self);
+      return NULL;
+    }
+
+  if (!self->tls_verify && self->security != PMX_SMTP_SECURITY_NONE)
+    g_warning ("transport '%s': tls_verify is false: the certificate of %s is not checked, so "
+               "anyone on the path can read the mail and the access token — give the CA in ca_file instead",
+               self->name, self->host);
+  if (self->security == PMX_SMTP_SECURITY_OPPORTUNISTIC)
+    g_warning ("transport '%s': security is opportunistic: mail to %s goes in plaintext when "
+               "the server does not offer STARTTLS", self->name, self->host);
+  return self;
+}
+
+/* o2_client_new - an engine configured from the instance, holding @token */
+static PmxSmtpClient *
+o2_client_new (PmxTransport *self,
+               const char   *token)
+{
+  PmxSmtpConfig config = {
+    .host = self->host,
+    .port = self->port,
+    .security = self->security,
+    .helo_name = self->helo_name,
+    .tls_verify = self->tls_verify,
+    .ca_file = self->ca_file,
+    .tls_min_version = self->tls_min_version,
+    .connect_timeout_ms = self->connect_ms,
+    .command_timeout_ms = self->command_ms,
+    .data_timeout_ms = self->data_ms,
+    .auth = self->mechanism,
+    .username = self->username,
+    .secret = token,
+    .allow_plaintext_auth = self->allow_plaintext_auth,
+    .max_messages_per_connection = self->max_messages,
+  };
+
+  return pmx_smtp_client_new (&config);
+}
+
+/* o2_token_code - the PMX_TRANSPORT_ERROR code for a token source error */
+static PmxTransportErrorCode
+o2_token_code (const GError *error)
+{
+  if (error->domain != PMX_OAUTH2_ERROR)
+    return PMX_TRANSPORT_ERROR_TEMPORARY;
+  switch (error->code)
+    {
+    case PMX_OAUTH2_ERROR_AUTH:
+    case PMX_OAUTH2_ERROR_CONFIG:
+      return PMX_TRANSPORT_ERROR_CONFIG;
+    case PMX_OAUTH2_ERROR_NEEDS_LOGIN:
+      return PMX_TRANSPORT_ERROR_AUTH;
+    default:
+      return PMX_TRANSPORT_ERROR_TEMPORARY;
+    }
+}
+
+/* o2_get_token - a token, or an error in PMX_TRANSPORT_ERROR naming the transport */
+static char *
+o2_get_token (PmxTransport *self,
+              GError      **error)
+{
+  g_autoptr(GError) local_error = NULL;
+  char *token = pmx_token_source_get_token (self->tokens, FALSE, NULL, &local_error);
+
+  if (token != NULL)
+    return token;
+  if (g_error_matches (local_error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN))
+    g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_AUTH,
+                 "transport '%s': %s — run postmux auth login %s", self->name, local_error->message, self->name);
+  else
+    g_set_error (error, PMX_TRANSPORT_ERROR, o2_token_code (local_error),
+                 "transport '%s': %s", self->name, local_error->message);
+  return NULL;
+}
+
+/* o2_open_session - get a token; connect, TLS, EHLO, AUTH; on a refused
+ * token invalidate it and retry once with a fresh one */
+static PmxSession *
+o2_open_session (PmxTransport *self,
+                 GError      **error)
+{
+  g_autoptr(PmxSmtpClient) client = NULL;
+  g_autoptr(GError) local_error = NULL;
+  char *token = o2_get_token (self, error);
+  PmxSession *session;
+
+  if (token == NULL)
+    return NULL;
+  client = o2_client_new (self, token);
+  if (!pmx_smtp_client_connect (client, &local_error)
+      && g_error_matches (local_error, PMX_SMTP_ERROR, PMX_SMTP_ERROR_AUTH_FAILED))
+    {
+      /* Revoked or expired early at the provider: invalidate only this token
+       * (another thread may already hold a fresh one) and try once more. */
+      g_debug ("transport '%s': the server refused the access token; refreshing once", self->name);
+      pmx_token_source_invalidate (self->tokens, token);
+      g_clear_pointer (&token, pmx_secret_free);
+      token = o2_get_token (self, error);
+      if (token == NULL)
+        return NULL;
+      g_clear_error (&local_error);
+      pmx_smtp_client_set_secret (client, token);
+      pmx_smtp_client_connect (client, &local_error);
+    }
+  if (local_error != NULL)
+    {
+      gboolean auth = g_error_matches (local_error, PMX_SMTP_ERROR, PMX_SMTP_ERROR_AUTH_FAILED);
+
+      g_set_error (error, PMX_TRANSPORT_ERROR, pmx_smtp_error_get_transport_code (local_error),
+                   "transport '%s': %s%s%s%s", self->name, local_error->message,
+                   auth ? " — the access token was refused after a refresh: check the app's "
+                          "permission to send as this mailbox" : "",
+                   auth && self->hint != NULL ? " — hint: " : "",
+                   auth && self->hint != NULL ? self->hint : "");
+      pmx_secret_free (token);
+      return NULL;
+    }
+  session = g_new0 (PmxSession, 1);
+  session->transport = self;
+  session->client = g_steal_pointer (&client);
+  session->token = token;
+  return session;
+}
+
+/* o2_close_session - QUIT, wipe the token and free */
+static void
+o2_close_session (PmxSession *session)
+{
+  pmx_smtp_client_free (session->client);
+  pmx_secret_free (session->token);
+  g_free (session);
+}
+
+/* o2_send - one message; hands a refreshed token to the engine first */
+static void
+o2_send (PmxSession        *session,
+         const PmxEnvelope *envelope,
+         const guint8      *message,
+         gsize              message_len,
+         PmxResult         *result)
+{
+  PmxTransport *self = session->transport;
+  g_autoptr(GError) error = NULL;
+  char *token = pmx_token_source_get_token (self->tokens, FALSE, NULL, &error);
+
+  if (token == NULL)
+    {
+      /* The connection is already authenticated and stays usable; a new
+       * one would need a token we do not have. */
+      if (!pmx_smtp_client_is_connected (session->client))
+        {
+          static const PmxFailureClass classes[] = {
+            [PMX_TRANSPORT_ERROR_TEMPORARY] = PMX_FAILURE_TEMPORARY,
+            [PMX_TRANSPORT_ERROR_PERMANENT] = PMX_FAILURE_PERMANENT,
+            [PMX_TRANSPORT_ERROR_AUTH] = PMX_FAILURE_AUTH,
+            [PMX_TRANSPORT_ERROR_CONFIG] = PMX_FAILURE_CONFIG,
+            [PMX_TRANSPORT_ERROR_FAILED] = PMX_FAILURE_TEMPORARY,
+          };
+
+          pmx_result_fail (result, classes[o2_token_code (error)], 0, NULL, "transport '%s': %s%s", self->name, error->message,
+                           g_error_matches (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN)
+                             ? " — run postmux auth login" : "");
+          return;
+        }
+    }
+  else if (strcmp (token, session->token) != 0)
+    {
+      /* Servers check the token at AUTH only: the open connection goes on,
+       * the next AUTH (after a reconnect) uses the new token. */
+      pmx_smtp_client_set_secret (session->client, token);
+      pmx_secret_free (session->token);
+      session->token = g_steal_pointer (&token);
+    }
+  pmx_secret_free (token);
+  pmx_smtp_client_send (session->client, envelope, message, message_len, result);
+}
+
+/* o2_join - a strv joined with ", ", or @none when empty */
+static char *
+o2_join (char *const *v,
+         const char  *none)
+{
+  if (v == NULL || v[0] == NULL)
+    return g_strdup (none);
+  return g_strjoinv (", ", (char **) v);
+}
+
+/* o2_auth_cause - the likely cause of a refused token, or NULL */
+static const char *
+o2_auth_cause (guint       code,
+               const char *enhanced)
+{
+  if (g_strcmp0 (enhanced, "5.7.139") == 0)
+    return "SMTP AUTH is disabled for this mailbox or tenant: have an admin enable authenticated SMTP for it";
+  if (code == 535 || code == 534)
+    return "the server refused the access token: check that the app may send as this mailbox "
+           "(Microsoft: SMTP.SendAsApp and an Exchange service principal with mailbox permission; "
+           "Google: domain-wide delegation of https://mail.google.com/) and that username is that mailbox";
+  if (code == 530)
+    return "the server wants authentication first (or TLS): check security and username";
+  if (code == 454 || code / 100 == 4)
+    return "a temporary failure at the server: try again later";
+  return NULL;
+}
+
+/* o2_check_token - `postmux doctor`'s token step: expiry and scopes, never
+ * the token.  Returns: (transfer full) the token, or NULL after a FAIL line. */
+static char *
+o2_check_token (PmxTransport *self,
+                PmxReport    *report)
+{
+  g_auto(PmxTokenStatus) status = { 0 };
+  g_autoptr(GError) error = NULL;
+  g_autofree char *expires = NULL;
+  char *token = o2_get_token (self, &error);
+
+  pmx_token_source_get_status (self->tokens, &status);
+  if (token == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "token", "from %s: %s",
+                      pmx_token_source_get_token_endpoint (self->tokens), error->message);
+      return NULL;
+    }
+  if (status.expires_at > 0)
+    {
+      g_autoptr(GDateTime) t = g_date_time_new_from_unix_utc (status.expires_at);
+
+      expires = t != NULL ? g_date_time_format_iso8601 (t) : NULL;
+    }
+  pmx_report_add (report, PMX_CHECK_OK, "token",
+                  "%s grant from %s (client %s): access token valid until %s; scopes: %s",
+                  status.grant != NULL ? status.grant : "-", pmx_token_source_get_token_endpoint (self->tokens),
+                  pmx_token_source_get_client_id (self->tokens), expires != NULL ? expires : "-",
+                  status.scopes != NULL && status.scopes[0] != '\0' ? status.scopes : "-");
+  return token;
+}
+
+/* o2_check - `postmux doctor`: token, dns, connect, tls, ehlo, auth, verdict */
+static gboolean
+o2_check (PmxTransport *self,
+          PmxReport    *report)
+{
+  g_autoptr(PmxSmtpClient) client = NULL;
+  g_autoptr(PmxSmtpProbe) p = NULL;
+  char *token = o2_check_token (self, report);
+  const GError *e;
+  int code;
+  gboolean want_tls = self->security == PMX_SMTP_SECURITY_TLS || self->security == PMX_SMTP_SECURITY_STARTTLS;
+
+  if (token == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "verdict",
+                      "cannot send through %s port %u: no access token", self->host, self->port);
+      return FALSE;
+    }
+  client = o2_client_new (self, token);
+  pmx_secret_free (token);
+  p = pmx_smtp_client_probe (client);
+  e = p->error;
+  code = e != NULL && e->domain == PMX_SMTP_ERROR ? e->code : -1;
+
+  /* dns */
+  if (p->addresses == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "dns", "%s", e != NULL ? e->message : "not resolved");
+      goto verdict;
+    }
+  {
+    g_autofree char *addrs = o2_join (p->addresses, "-");
+    pmx_report_add (report, PMX_CHECK_OK, "dns", "%s resolves to %s", self->host, addrs);
+  }
+
+  /* connect */
+  if (p->connected_to == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "connect", "%s", e != NULL ? e->message : "no connection");
+      goto verdict;
+    }
+  pmx_report_add (report, PMX_CHECK_OK, "connect", "connected to %s", p->connected_to);
+
+  /* tls */
+  if (p->tls_version != NULL)
+    {
+      PmxCheckStatus st = p->cert_verified ? PMX_CHECK_OK : self->tls_verify ? PMX_CHECK_FAIL : PMX_CHECK_WARN;
+
+      pmx_report_add (report, st, "tls",
+                      "%s, cipher %s; certificate subject \"%s\", issuer \"%s\", expires %s; "
+                      "verification: %s%s",
+                      p->tls_version, p->tls_cipher, p->cert_subject != NULL ? p->cert_subject : "-",
+                      p->cert_issuer != NULL ? p->cert_issuer : "-",
+                      p->cert_not_after != NULL ? p->cert_not_after : "-",
+                      p->verify_result != NULL ? p->verify_result : "-",
+                      st == PMX_CHECK_FAIL ? " — give the issuing CA in ca_file, or fix the server's certificate"
+                      : st == PMX_CHECK_WARN ? " (tls_verify is false: not checked)" : "");
+      if (st == PMX_CHECK_FAIL)
+        goto verdict;
+    }
+  else if (code == PMX_SMTP_ERROR_TLS || code == PMX_SMTP_ERROR_CERTIFICATE
+           || (self->security == PMX_SMTP_SECURITY_TLS && e != NULL))
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "tls", "%s", e != NULL ? e->message : "no TLS");
+      goto verdict;
+    }
+  else if (code != PMX_SMTP_ERROR_STARTTLS_UNAVAILABLE && p->caps_before_tls != NULL)
+    pmx_report_add (report, want_tls ? PMX_CHECK_FAIL : PMX_CHECK_WARN, "tls",
+                    "not encrypted (security %s): mail and access token cross the network in clear",
+                    self->security == PMX_SMTP_SECURITY_NONE ? "none" : "opportunistic, STARTTLS not offered");
+
+  /* ehlo */
+  if (p->caps_before_tls == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "%s", e != NULL ? e->message : "no EHLO");
+      goto verdict;
+    }
+  {
+    g_autofree char *before = o2_join (p->caps_before_tls, "(no extensions)");
+    g_autofree char *after = o2_join (p->caps_after_tls, "(no extensions)");
+
+    if (code == PMX_SMTP_ERROR_STARTTLS_UNAVAILABLE)
+      {
+        pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "capabilities: %s; %s", before, e->message);
+        goto verdict;
+      }
+    if (p->caps_after_tls != NULL)
+      pmx_report_add (report, PMX_CHECK_OK, "ehlo", "before STARTTLS: %s; after STARTTLS: %s", before, after);
+    else
+      pmx_report_add (report, PMX_CHECK_OK, "ehlo", "capabilities: %s", before);
+    if (e != NULL && p->auth_mechanism == NULL && code != PMX_SMTP_ERROR_AUTH_UNAVAILABLE)
+      {
+        pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "%s", e->message);
+        goto verdict;
+      }
+  }
+
+  /* auth */
+  if (code == PMX_SMTP_ERROR_AUTH_UNAVAILABLE)
+    pmx_report_add (report, PMX_CHECK_FAIL, "auth", "%s", e->message);
+  else if (p->auth_ok)
+    pmx_report_add (report, PMX_CHECK_OK, "auth", "AUTH %s as %s accepted: %u%s%s %s", p->auth_mechanism,
+                    self->username, p->auth_code, p->auth_enhanced != NULL ? " " : "",
+                    p->auth_enhanced != NULL ? p->auth_enhanced : "", p->auth_text != NULL ? p->auth_text : "");
+  else if (p->auth_mechanism != NULL)
+    {
+      const char *cause = o2_auth_cause (p->auth_code, p->auth_enhanced);
+
+      pmx_report_add (report, PMX_CHECK_FAIL, "auth", "AUTH %s as %s refused: %u%s%s %s%s%s%s%s",
+                      p->auth_mechanism, self->username, p->auth_code,
+                      p->auth_enhanced != NULL ? " " : "", p->auth_enhanced != NULL ? p->auth_enhanced : "",
+                      p->auth_text != NULL ? p->auth_text : "",
+                      cause != NULL ? " — likely cause: " : "", cause != NULL ? cause : "",
+                      self->hint != NULL ? " — hint: " : "", self->hint != NULL ? self->hint : "");
+    }
+
+verdict:
+  if (e == NULL)
+    pmx_report_add (report, PMX_CHECK_OK, "verdict", "ready: %s port %u accepts mail from this transport",
+                    self->host, self->port);
+  else
+    pmx_report_add (report, PMX_CHECK_FAIL, "verdict", "cannot send through %s port %u: %s",
+                    self->host, self->port, e->message);
+  return e == NULL;
+}
+
+static const PmxTransportOps o2_ops = {
+  .create = o2_create,
+  .destroy = o2_destroy,
+  .open_session = o2_open_session,
+  .send = o2_send,
+  .close_session = o2_close_session,
+  .check = o2_check,
+};
+
+PMX_TRANSPORT_DEFINE (oauth2_smtp, "oauth2-smtp", "0.1.0", "GPL-3.0-or-later",
+                      "relays through Microsoft 365, Gmail or any SMTP server with an OAuth2 "
+                      "access token (XOAUTH2, OAUTHBEARER)",
+                      O2_SCHEMA, &o2_ops)
