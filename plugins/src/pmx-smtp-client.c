@@ -2098,3 +2098,143 @@ pmx_smtp_probe_free (PmxSmtpProbe *p)
   g_free (p->transcript);
   g_free (p);
 }
+
+/* smtp_probe_join - a strv joined with ", ", or @none when empty */
+static char *
+smtp_probe_join (char *const *v,
+                 const char  *none)
+{
+  if (v == NULL || v[0] == NULL)
+    return g_strdup (none);
+  return g_strjoinv (", ", (char **) v);
+}
+
+gboolean
+pmx_smtp_probe_report_connection (const PmxSmtpProbe *p,
+                                  const char         *host,
+                                  PmxSmtpSecurity     security,
+                                  gboolean            tls_verify,
+                                  const char         *secret_noun,
+                                  PmxReport          *report)
+{
+  const GError *e = p->error;
+  int code = e != NULL && e->domain == PMX_SMTP_ERROR ? e->code : -1;
+  gboolean want_tls = security == PMX_SMTP_SECURITY_TLS || security == PMX_SMTP_SECURITY_STARTTLS;
+
+  /* dns */
+  if (p->addresses == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "dns", "%s", e != NULL ? e->message : "not resolved");
+      return FALSE;
+    }
+  {
+    g_autofree char *addrs = smtp_probe_join (p->addresses, "-");
+    pmx_report_add (report, PMX_CHECK_OK, "dns", "%s resolves to %s", host, addrs);
+  }
+
+  /* connect */
+  if (p->connected_to == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "connect", "%s", e != NULL ? e->message : "no connection");
+      return FALSE;
+    }
+  pmx_report_add (report, PMX_CHECK_OK, "connect", "connected to %s", p->connected_to);
+
+  /* tls */
+  if (p->tls_version != NULL)
+    {
+      PmxCheckStatus st = p->cert_verified ? PMX_CHECK_OK : tls_verify ? PMX_CHECK_FAIL : PMX_CHECK_WARN;
+
+      pmx_report_add (report, st, "tls",
+                      "%s, cipher %s; certificate subject \"%s\", issuer \"%s\", expires %s; "
+                      "verification: %s%s",
+                      p->tls_version, p->tls_cipher, p->cert_subject != NULL ? p->cert_subject : "-",
+                      p->cert_issuer != NULL ? p->cert_issuer : "-",
+                      p->cert_not_after != NULL ? p->cert_not_after : "-",
+                      p->verify_result != NULL ? p->verify_result : "-",
+                      st == PMX_CHECK_FAIL ? " — give the issuing CA in ca_file, or fix the server's certificate"
+                      : st == PMX_CHECK_WARN ? " (tls_verify is false: not checked)" : "");
+      if (st == PMX_CHECK_FAIL)
+        return FALSE;
+    }
+  else if (code == PMX_SMTP_ERROR_TLS || code == PMX_SMTP_ERROR_CERTIFICATE
+           || (security == PMX_SMTP_SECURITY_TLS && e != NULL))
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "tls", "%s", e != NULL ? e->message : "no TLS");
+      return FALSE;
+    }
+  else if (code != PMX_SMTP_ERROR_STARTTLS_UNAVAILABLE && p->caps_before_tls != NULL)
+    pmx_report_add (report, want_tls ? PMX_CHECK_FAIL : PMX_CHECK_WARN, "tls",
+                    "not encrypted (security %s): mail and %s cross the network in clear",
+                    security == PMX_SMTP_SECURITY_NONE ? "none" : "opportunistic, STARTTLS not offered",
+                    secret_noun);
+
+  /* ehlo */
+  if (p->caps_before_tls == NULL)
+    {
+      pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "%s", e != NULL ? e->message : "no EHLO");
+      return FALSE;
+    }
+  {
+    g_autofree char *before = smtp_probe_join (p->caps_before_tls, "(no extensions)");
+    g_autofree char *after = smtp_probe_join (p->caps_after_tls, "(no extensions)");
+
+    if (code == PMX_SMTP_ERROR_STARTTLS_UNAVAILABLE)
+      {
+        pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "capabilities: %s; %s", before, e->message);
+        return FALSE;
+      }
+    if (p->caps_after_tls != NULL)
+      pmx_report_add (report, PMX_CHECK_OK, "ehlo", "before STARTTLS: %s; after STARTTLS: %s", before, after);
+    else
+      pmx_report_add (report, PMX_CHECK_OK, "ehlo", "capabilities: %s", before);
+    if (e != NULL && p->auth_mechanism == NULL && code != PMX_SMTP_ERROR_AUTH_UNAVAILABLE)
+      {
+        pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "%s", e->message);
+        return FALSE;
+      }
+  }
+  return TRUE;
+}
+
+gboolean
+pmx_smtp_parse_timeout_ms (JsonObject *timeouts,
+                           const char *member,
+                           guint       fallback_ms,
+                           guint      *out_ms)
+{
+  static const struct { const char *unit; guint64 ms; } units[] = {
+    { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
+  };
+  JsonNode *node = timeouts != NULL ? json_object_get_member (timeouts, member) : NULL;
+  const char *text, *end = NULL;
+  guint64 n;
+
+  *out_ms = fallback_ms;
+  if (node == NULL)
+    return TRUE;
+  if (json_node_get_value_type (node) == G_TYPE_INT64)
+    {
+      gint64 s = json_node_get_int (node);
+
+      if (s < 1 || s > G_MAXUINT / 1000)
+        return FALSE;
+      *out_ms = (guint) s * 1000;
+      return TRUE;
+    }
+  if (json_node_get_value_type (node) != G_TYPE_STRING)
+    return FALSE;
+  text = json_node_get_string (node);
+  if (!g_ascii_isdigit (text[0]))
+    return FALSE;
+  n = g_ascii_strtoull (text, (char **) &end, 10);
+  for (gsize i = 0; i < G_N_ELEMENTS (units); i++)
+    if (strcmp (end, units[i].unit) == 0)
+      {
+        if (n == 0 || n > G_MAXUINT / units[i].ms)
+          return FALSE;
+        *out_ms = (guint) (n * units[i].ms);
+        return TRUE;
+      }
+  return FALSE;
+}

@@ -101,49 +101,6 @@ struct _PmxSession {
   char          *token;               /* the one the engine holds; pmx_secret_free() */
 };
 
-/* o2_duration_ms - a timeouts member in milliseconds, or @fallback */
-static gboolean
-o2_duration_ms (JsonObject *timeouts,
-                const char *member,
-                guint       fallback,
-                guint      *out_ms)
-{
-  static const struct { const char *unit; guint64 ms; } units[] = {
-    { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
-  };
-  JsonNode *node = timeouts != NULL ? json_object_get_member (timeouts, member) : NULL;
-  const char *text, *end = NULL;
-  guint64 n;
-
-  *out_ms = fallback;
-  if (node == NULL)
-    return TRUE;
-  if (json_node_get_value_type (node) == G_TYPE_INT64)
-    {
-      gint64 s = json_node_get_int (node);
-
-      if (s < 1 || s > G_MAXUINT / 1000)
-        return FALSE;
-      *out_ms = (guint) s * 1000;
-      return TRUE;
-    }
-  if (json_node_get_value_type (node) != G_TYPE_STRING)
-    return FALSE;
-  text = json_node_get_string (node);
-  if (!g_ascii_isdigit (text[0]))
-    return FALSE;
-  n = g_ascii_strtoull (text, (char **) &end, 10);
-  for (gsize i = 0; i < G_N_ELEMENTS (units); i++)
-    if (strcmp (end, units[i].unit) == 0)
-      {
-        if (n == 0 || n > G_MAXUINT / units[i].ms)
-          return FALSE;
-        *out_ms = (guint) (n * units[i].ms);
-        return TRUE;
-      }
-  return FALSE;
-}
-
 /* o2_enum - index of @value in @names, or -1 */
 static int
 o2_enum (const char        *value,
@@ -254,9 +211,9 @@ o2_create (const PmxTransportArgs *args,
       o2_destroy (self);
       return NULL;
     }
-  if (!o2_duration_ms (timeouts, "connect", 30000, &self->connect_ms)
-      || !o2_duration_ms (timeouts, "command", 300000, &self->command_ms)
-      || !o2_duration_ms (timeouts, "data", 600000, &self->data_ms))
+  if (!pmx_smtp_parse_timeout_ms (timeouts, "connect", 30000, &self->connect_ms)
+      || !pmx_smtp_parse_timeout_ms (timeouts, "command", 300000, &self->command_ms)
+      || !pmx_smtp_parse_timeout_ms (timeouts, "data", 600000, &self->data_ms))
     {
       g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
                    "transport '%s': option timeouts: each of connect, command and data is a "
@@ -451,16 +408,6 @@ o2_send (PmxSession        *session,
   pmx_smtp_client_send (session->client, envelope, message, message_len, result);
 }
 
-/* o2_join - a strv joined with ", ", or @none when empty */
-static char *
-o2_join (char *const *v,
-         const char  *none)
-{
-  if (v == NULL || v[0] == NULL)
-    return g_strdup (none);
-  return g_strjoinv (", ", (char **) v);
-}
-
 /* o2_auth_cause - the likely cause of a refused token, or NULL */
 static const char *
 o2_auth_cause (guint       code,
@@ -521,7 +468,6 @@ o2_check (PmxTransport *self,
   char *token = o2_check_token (self, report);
   const GError *e;
   int code;
-  gboolean want_tls = self->security == PMX_SMTP_SECURITY_TLS || self->security == PMX_SMTP_SECURITY_STARTTLS;
 
   if (token == NULL)
     {
@@ -535,78 +481,9 @@ o2_check (PmxTransport *self,
   e = p->error;
   code = e != NULL && e->domain == PMX_SMTP_ERROR ? e->code : -1;
 
-  /* dns */
-  if (p->addresses == NULL)
-    {
-      pmx_report_add (report, PMX_CHECK_FAIL, "dns", "%s", e != NULL ? e->message : "not resolved");
-      goto verdict;
-    }
-  {
-    g_autofree char *addrs = o2_join (p->addresses, "-");
-    pmx_report_add (report, PMX_CHECK_OK, "dns", "%s resolves to %s", self->host, addrs);
-  }
-
-  /* connect */
-  if (p->connected_to == NULL)
-    {
-      pmx_report_add (report, PMX_CHECK_FAIL, "connect", "%s", e != NULL ? e->message : "no connection");
-      goto verdict;
-    }
-  pmx_report_add (report, PMX_CHECK_OK, "connect", "connected to %s", p->connected_to);
-
-  /* tls */
-  if (p->tls_version != NULL)
-    {
-      PmxCheckStatus st = p->cert_verified ? PMX_CHECK_OK : self->tls_verify ? PMX_CHECK_FAIL : PMX_CHECK_WARN;
-
-      pmx_report_add (report, st, "tls",
-                      "%s, cipher %s; certificate subject \"%s\", issuer \"%s\", expires %s; "
-                      "verification: %s%s",
-                      p->tls_version, p->tls_cipher, p->cert_subject != NULL ? p->cert_subject : "-",
-                      p->cert_issuer != NULL ? p->cert_issuer : "-",
-                      p->cert_not_after != NULL ? p->cert_not_after : "-",
-                      p->verify_result != NULL ? p->verify_result : "-",
-                      st == PMX_CHECK_FAIL ? " — give the issuing CA in ca_file, or fix the server's certificate"
-                      : st == PMX_CHECK_WARN ? " (tls_verify is false: not checked)" : "");
-      if (st == PMX_CHECK_FAIL)
-        goto verdict;
-    }
-  else if (code == PMX_SMTP_ERROR_TLS || code == PMX_SMTP_ERROR_CERTIFICATE
-           || (self->security == PMX_SMTP_SECURITY_TLS && e != NULL))
-    {
-      pmx_report_add (report, PMX_CHECK_FAIL, "tls", "%s", e != NULL ? e->message : "no TLS");
-      goto verdict;
-    }
-  else if (code != PMX_SMTP_ERROR_STARTTLS_UNAVAILABLE && p->caps_before_tls != NULL)
-    pmx_report_add (report, want_tls ? PMX_CHECK_FAIL : PMX_CHECK_WARN, "tls",
-                    "not encrypted (security %s): mail and access token cross the network in clear",
-                    self->security == PMX_SMTP_SECURITY_NONE ? "none" : "opportunistic, STARTTLS not offered");
-
-  /* ehlo */
-  if (p->caps_before_tls == NULL)
-    {
-      pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "%s", e != NULL ? e->message : "no EHLO");
-      goto verdict;
-    }
-  {
-    g_autofree char *before = o2_join (p->caps_before_tls, "(no extensions)");
-    g_autofree char *after = o2_join (p->caps_after_tls, "(no extensions)");
-
-    if (code == PMX_SMTP_ERROR_STARTTLS_UNAVAILABLE)
-      {
-        pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "capabilities: %s; %s", before, e->message);
-        goto verdict;
-      }
-    if (p->caps_after_tls != NULL)
-      pmx_report_add (report, PMX_CHECK_OK, "ehlo", "before STARTTLS: %s; after STARTTLS: %s", before, after);
-    else
-      pmx_report_add (report, PMX_CHECK_OK, "ehlo", "capabilities: %s", before);
-    if (e != NULL && p->auth_mechanism == NULL && code != PMX_SMTP_ERROR_AUTH_UNAVAILABLE)
-      {
-        pmx_report_add (report, PMX_CHECK_FAIL, "ehlo", "%s", e->message);
-        goto verdict;
-      }
-  }
+  if (!pmx_smtp_probe_report_connection (p, self->host, self->security, self->tls_verify,
+                                         "access token", report))
+    goto verdict;
 
   /* auth */
   if (code == PMX_SMTP_ERROR_AUTH_UNAVAILABLE)

@@ -17,6 +17,7 @@
 #endif
 
 #include <glib.h>
+#include <json-glib/json-glib.h>
 #include <postmux/postmux-result.h>
 #include <postmux/postmux-transport.h>
 
@@ -201,6 +202,39 @@ typedef struct {
  * probe->error says what failed.  (transfer full) */
 PmxSmtpProbe *pmx_smtp_client_probe (PmxSmtpClient *client);
 void          pmx_smtp_probe_free   (PmxSmtpProbe  *probe);
+
+/* Add to @report the doctor steps a probe answers for every SMTP
+ * transport, in this order:
+ *   "dns"      the addresses @host resolves to (OK), or why not (FAIL);
+ *   "connect"  the address connected to (OK), or why not (FAIL);
+ *   "tls"      TLS version, cipher and certificate (OK when verified, FAIL
+ *              when not and @tls_verify is on, WARN when @tls_verify is
+ *              off), a failed handshake (FAIL), or, when the session stayed
+ *              in clear, a "not encrypted" line naming @secret_noun (FAIL
+ *              when @security is tls or starttls, WARN otherwise);
+ *   "ehlo"     the EHLO capabilities, before and after STARTTLS (OK), or
+ *              why EHLO or STARTTLS failed (FAIL).
+ * @secret_noun is what crosses the network with the mail ("password",
+ * "access token").  @probe and @report stay owned by the caller (transfer
+ * none).  Returns FALSE after a FAIL item that ends the checks (the caller
+ * then adds its verdict), TRUE when the caller should go on to its auth
+ * step. */
+gboolean pmx_smtp_probe_report_connection (const PmxSmtpProbe *probe,
+                                           const char         *host,
+                                           PmxSmtpSecurity     security,
+                                           gboolean            tls_verify,
+                                           const char         *secret_noun,
+                                           PmxReport          *report);
+
+/* A "timeouts" member of transport options in milliseconds: absent gives
+ * @fallback_ms; a positive integer is seconds; a string is a positive
+ * number with a unit "ms", "s", "m" or "h" ("30s", "5m").  FALSE (and
+ * *@out_ms = @fallback_ms) when the member is of another form or out of
+ * range.  @timeouts may be NULL (transfer none). */
+gboolean pmx_smtp_parse_timeout_ms (JsonObject *timeouts,
+                                    const char *member,
+                                    guint       fallback_ms,
+                                    guint      *out_ms);
 
 /* SASL initial responses, base64 (transfer full; wipe with
  * pmx_secret_free()).  XOAUTH2: user=U^Aauth=Bearer T^A^A.  OAUTHBEARER
