@@ -2238,3 +2238,46 @@ pmx_smtp_parse_timeout_ms (JsonObject *timeouts,
       }
   return FALSE;
 }
+
+void
+pmx_smtp_probe_report_auth (const PmxSmtpProbe *p,
+                            const char         *username,
+                            const char         *cause,
+                            const char         *hint,
+                            PmxReport          *report)
+{
+  const GError *e = p->error;
+
+  g_return_if_fail (p != NULL && report != NULL);
+
+  if (g_error_matches (e, PMX_SMTP_ERROR, PMX_SMTP_ERROR_AUTH_UNAVAILABLE))
+    pmx_report_add (report, PMX_CHECK_FAIL, "auth", "%s", e->message);
+  else if (p->auth_ok)
+    pmx_report_add (report, PMX_CHECK_OK, "auth", "AUTH %s as %s accepted: %u%s%s %s", p->auth_mechanism,
+                    username, p->auth_code, p->auth_enhanced != NULL ? " " : "",
+                    p->auth_enhanced != NULL ? p->auth_enhanced : "", p->auth_text != NULL ? p->auth_text : "");
+  else if (p->auth_mechanism != NULL)
+    pmx_report_add (report, PMX_CHECK_FAIL, "auth", "AUTH %s as %s refused: %u%s%s %s%s%s%s%s",
+                    p->auth_mechanism, username, p->auth_code,
+                    p->auth_enhanced != NULL ? " " : "", p->auth_enhanced != NULL ? p->auth_enhanced : "",
+                    p->auth_text != NULL ? p->auth_text : "",
+                    cause != NULL ? " — likely cause: " : "", cause != NULL ? cause : "",
+                    hint != NULL ? " — hint: " : "", hint != NULL ? hint : "");
+}
+
+gboolean
+pmx_smtp_probe_report_verdict (const PmxSmtpProbe *p,
+                               const char         *host,
+                               guint               port,
+                               PmxReport          *report)
+{
+  g_return_val_if_fail (p != NULL && report != NULL, FALSE);
+
+  if (p->error == NULL)
+    pmx_report_add (report, PMX_CHECK_OK, "verdict", "ready: %s port %u accepts mail from this transport",
+                    host, port);
+  else
+    pmx_report_add (report, PMX_CHECK_FAIL, "verdict", "cannot send through %s port %u: %s",
+                    host, port, p->error->message);
+  return p->error == NULL;
+}

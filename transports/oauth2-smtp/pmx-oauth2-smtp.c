@@ -466,8 +466,6 @@ o2_check (PmxTransport *self,
   g_autoptr(PmxSmtpClient) client = NULL;
   g_autoptr(PmxSmtpProbe) p = NULL;
   char *token = o2_check_token (self, report);
-  const GError *e;
-  int code;
 
   if (token == NULL)
     {
@@ -478,40 +476,17 @@ o2_check (PmxTransport *self,
   client = o2_client_new (self, token);
   pmx_secret_free (token);
   p = pmx_smtp_client_probe (client);
-  e = p->error;
-  code = e != NULL && e->domain == PMX_SMTP_ERROR ? e->code : -1;
 
   if (!pmx_smtp_probe_report_connection (p, self->host, self->security, self->tls_verify,
                                          "access token", report))
     goto verdict;
 
   /* auth */
-  if (code == PMX_SMTP_ERROR_AUTH_UNAVAILABLE)
-    pmx_report_add (report, PMX_CHECK_FAIL, "auth", "%s", e->message);
-  else if (p->auth_ok)
-    pmx_report_add (report, PMX_CHECK_OK, "auth", "AUTH %s as %s accepted: %u%s%s %s", p->auth_mechanism,
-                    self->username, p->auth_code, p->auth_enhanced != NULL ? " " : "",
-                    p->auth_enhanced != NULL ? p->auth_enhanced : "", p->auth_text != NULL ? p->auth_text : "");
-  else if (p->auth_mechanism != NULL)
-    {
-      const char *cause = o2_auth_cause (p->auth_code, p->auth_enhanced);
-
-      pmx_report_add (report, PMX_CHECK_FAIL, "auth", "AUTH %s as %s refused: %u%s%s %s%s%s%s%s",
-                      p->auth_mechanism, self->username, p->auth_code,
-                      p->auth_enhanced != NULL ? " " : "", p->auth_enhanced != NULL ? p->auth_enhanced : "",
-                      p->auth_text != NULL ? p->auth_text : "",
-                      cause != NULL ? " — likely cause: " : "", cause != NULL ? cause : "",
-                      self->hint != NULL ? " — hint: " : "", self->hint != NULL ? self->hint : "");
-    }
+  pmx_smtp_probe_report_auth (p, self->username, o2_auth_cause (p->auth_code, p->auth_enhanced),
+                              self->hint, report);
 
 verdict:
-  if (e == NULL)
-    pmx_report_add (report, PMX_CHECK_OK, "verdict", "ready: %s port %u accepts mail from this transport",
-                    self->host, self->port);
-  else
-    pmx_report_add (report, PMX_CHECK_FAIL, "verdict", "cannot send through %s port %u: %s",
-                    self->host, self->port, e->message);
-  return e == NULL;
+  return pmx_smtp_probe_report_verdict (p, self->host, self->port, report);
 }
 
 static const PmxTransportOps o2_ops = {

@@ -308,8 +308,6 @@ smtp_check (PmxTransport *self,
 {
   g_autoptr(PmxSmtpClient) client = smtp_client_new (self);
   g_autoptr(PmxSmtpProbe) p = pmx_smtp_client_probe (client);
-  const GError *e = p->error;
-  int code = e != NULL && e->domain == PMX_SMTP_ERROR ? e->code : -1;
 
   if (!pmx_smtp_probe_report_connection (p, self->host, self->security, self->tls_verify,
                                          "password", report))
@@ -318,32 +316,12 @@ smtp_check (PmxTransport *self,
   /* auth */
   if (self->auth == PMX_SMTP_AUTH_NONE)
     pmx_report_add (report, PMX_CHECK_OK, "auth", "no authentication configured");
-  else if (code == PMX_SMTP_ERROR_AUTH_UNAVAILABLE)
-    pmx_report_add (report, PMX_CHECK_FAIL, "auth", "%s", e->message);
-  else if (p->auth_ok)
-    pmx_report_add (report, PMX_CHECK_OK, "auth", "AUTH %s as %s accepted: %u%s%s %s", p->auth_mechanism,
-                    self->username, p->auth_code, p->auth_enhanced != NULL ? " " : "",
-                    p->auth_enhanced != NULL ? p->auth_enhanced : "", p->auth_text != NULL ? p->auth_text : "");
-  else if (p->auth_mechanism != NULL)
-    {
-      const char *cause = smtp_auth_cause (p->auth_code, p->auth_enhanced);
-
-      pmx_report_add (report, PMX_CHECK_FAIL, "auth", "AUTH %s as %s refused: %u%s%s %s%s%s%s%s",
-                      p->auth_mechanism, self->username, p->auth_code,
-                      p->auth_enhanced != NULL ? " " : "", p->auth_enhanced != NULL ? p->auth_enhanced : "",
-                      p->auth_text != NULL ? p->auth_text : "",
-                      cause != NULL ? " — likely cause: " : "", cause != NULL ? cause : "",
-                      self->hint != NULL ? " — hint: " : "", self->hint != NULL ? self->hint : "");
-    }
+  else
+    pmx_smtp_probe_report_auth (p, self->username, smtp_auth_cause (p->auth_code, p->auth_enhanced),
+                                self->hint, report);
 
 verdict:
-  if (e == NULL)
-    pmx_report_add (report, PMX_CHECK_OK, "verdict", "ready: %s port %u accepts mail from this transport",
-                    self->host, self->port);
-  else
-    pmx_report_add (report, PMX_CHECK_FAIL, "verdict", "cannot send through %s port %u: %s",
-                    self->host, self->port, e->message);
-  return e == NULL;
+  return pmx_smtp_probe_report_verdict (p, self->host, self->port, report);
 }
 
 static const PmxTransportOps smtp_ops = {

@@ -226,6 +226,24 @@ gboolean pmx_smtp_probe_report_connection (const PmxSmtpProbe *probe,
                                            const char         *secret_noun,
                                            PmxReport          *report);
 
+/* Add the "auth" step: the mechanism and user tried and the server's reply
+ * (OK when accepted; FAIL when refused, followed by @cause and @hint when
+ * given — both are only shown for a refusal) or why no mechanism could be used (FAIL).  Adds nothing when the
+ * probe made no login attempt and had no auth error: the caller reports
+ * "no authentication configured" itself if that applies.  (transfer none) */
+void     pmx_smtp_probe_report_auth       (const PmxSmtpProbe *probe,
+                                           const char         *username,
+                                           const char         *cause,
+                                           const char         *hint,
+                                           PmxReport          *report);
+
+/* Add the last step, "verdict": ready (OK) when the probe ended without an
+ * error, else what stopped it (FAIL).  Returns TRUE when ready. */
+gboolean pmx_smtp_probe_report_verdict    (const PmxSmtpProbe *probe,
+                                           const char         *host,
+                                           guint               port,
+                                           PmxReport          *report);
+
 /* A "timeouts" member of transport options in milliseconds: absent gives
  * @fallback_ms; a positive integer is seconds; a string is a positive
  * number with a unit "ms", "s", "m" or "h" ("30s", "5m").  FALSE (and
