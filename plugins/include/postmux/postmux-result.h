@@ -67,6 +67,17 @@ void pmx_result_fail (PmxResult      *result,
 void pmx_result_set_retry_after (PmxResult *result,
                                  gint64     seconds);
 
+/* Rate limits (HTTP 429 with Retry-After, a daily sending quota): ask the
+ * host to start no new attempt on this transport instance for @seconds.
+ * Workers already sending finish; messages routed to the instance wait in
+ * the queue without an attempt being counted, and `postmux queue` and
+ * /v1/health show the instance as "rate limited until <time>" with
+ * @reason.  Implies pmx_result_set_retry_after (@seconds) for this
+ * attempt's deferred recipients. */
+void pmx_result_pause_transport (PmxResult  *result,
+                                 gint64      seconds,
+                                 const char *reason);
+
 /* The provider's id for the delivered message (kept in the attempt log). */
 void pmx_result_set_remote_id (PmxResult  *result,
                                const char *remote_id);

@@ -12,5 +12,6 @@
 #include <postmux/postmux-transport.h>
 #include <postmux/postmux-smtp.h>
 #include <postmux/postmux-oauth2.h>
+#include <postmux/postmux-http.h>
 
 #undef __PMX_H_INSIDE__
