@@ -29,7 +29,8 @@
  * token check); POST /_mock/revoke revokes every access token at the IdP;
  * POST /_mock/refresh-token?client=ID returns a refresh token; GET
  * /_mock/state returns {"sends", "requests", "violations",
- * "unauthorized", "injected", "token_requests"}.
+ * "unauthorized", "injected", "token_requests", "issued"} (issued: every
+ * token the IdP gave out, for the test's leak check).
  */
 #include "oauth2-idp.h"
 
@@ -167,6 +168,14 @@ add_recipients (InternetAddressList *list,
     }
 }
 
+/* compare_strings - GPtrArray sort of strings */
+static gint
+compare_strings (gconstpointer a,
+                 gconstpointer b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
 /* recipients - the sorted, lower-case To/Cc/Bcc addresses of @data */
 static GPtrArray *
 recipients (GBytes *data)
@@ -191,7 +200,7 @@ recipients (GBytes *data)
   g_hash_table_iter_init (&iter, set);
   while (g_hash_table_iter_next (&iter, &key, NULL))
     g_ptr_array_add (out, g_strdup (key));
-  g_ptr_array_sort (out, (GCompareFunc) g_strcmp0);
+  g_ptr_array_sort (out, compare_strings);
   return out;
 }
 
@@ -413,6 +422,15 @@ handle_control (Mock              *mock,
       json_object_set_int_member (o, "injected", mock->injected);
       json_object_set_int_member (o, "pending_injections", g_queue_get_length (&mock->injections));
       json_object_set_int_member (o, "token_requests", oauth2_idp_get_requests (mock->idp, mock->service_account));
+      {
+        g_auto(GStrv) issued = oauth2_idp_dup_issued (mock->idp);
+        JsonArray *a = json_array_new ();
+
+        /* For the test's leak check only: a test token is no secret. */
+        for (guint i = 0; issued[i] != NULL; i++)
+          json_array_add_string_element (a, issued[i]);
+        json_object_set_array_member (o, "issued", a);
+      }
       json_node_set_object (node, o);
       text = json_to_string (node, FALSE);
       reply (msg, 200, text);

@@ -586,7 +586,7 @@ gmail_prepare (const guint8       *message,
             continue;
           options = g_mime_format_options_new ();
           g_mime_format_options_set_newline_format (options, GMIME_NEWLINE_FORMAT_DOS);
-          g_string_append_c (value, ':');
+          g_string_append (value, ": ");
           internet_address_list_encode (f->list, options, value);
           g_mime_format_options_free (options);
           if (!g_str_has_suffix (value->str, "\r\n"))
