@@ -47,6 +47,9 @@ SUBJECT = "sender@ws.test"
 SEND = "https://www.googleapis.com/auth/gmail.send"
 READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 
+APP_ID = "123-app.apps.googleusercontent.com"
+APP_SECRET = "GOCSPX-app-s3cret"
+
 tap = Tap()
 WORK = tempfile.mkdtemp(prefix="pmx-gmail-")
 outputs = []
@@ -58,11 +61,12 @@ class Mock:
         os.makedirs(self.dir)
         self.err = open(os.path.join(WORK, "mock-stderr.txt"), "wb")
         self.proc = subprocess.Popen([MOCK, "--dir", self.dir, "--service-account", SA, "--subject", SUBJECT,
-                                      "--scopes", SEND + " " + READONLY],
+                                      "--scopes", SEND + " " + READONLY, "--client", APP_ID + ":" + APP_SECRET],
                                      stdout=subprocess.PIPE, stderr=self.err)
         line = self.proc.stdout.readline().decode()
         info = json.loads(line)
         self.api, self.key_file, self.client_id = info["api"], info["key_file"], info["client_id"]
+        self.token_uri = info["token_uri"]
 
     def call(self, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -102,6 +106,8 @@ class Mock:
 
 
 mock = Mock()
+os.environ["PMX_TEST_GMAIL_SECRET"] = APP_SECRET
+os.environ["PMX_TEST_GMAIL_REFRESH"] = mock.call("/_mock/refresh-token", {})["refresh_token"]
 
 
 def gmail(**extra):
@@ -118,11 +124,15 @@ def config(part_route="scr"):
         "gmscope": gmail(scope=READONLY),
         "gmdaily": gmail(daily_limit_pause="2h"),
         "gmbad": gmail(user="stranger@ws.test"),
+        "gmapp": gmail(user="me", credential={"kind": "google", "token_endpoint": mock.token_uri,
+                                              "client_id": APP_ID, "client_secret": "env:PMX_TEST_GMAIL_SECRET",
+                                              "refresh_token": "env:PMX_TEST_GMAIL_REFRESH"}),
         "scr": {"plugin": "scripted", "options": {"log": os.path.join(WORK, "scripted.log")}},
     }
     routes = [{"name": "rm", "match": {"sender_domain": ["rm.test"]}, "transports": ["gmrm"]},
               {"name": "scope", "match": {"sender_domain": ["scope.test"]}, "transports": ["gmscope"]},
               {"name": "daily", "match": {"sender_domain": ["daily.test"]}, "transports": ["gmdaily"]},
+              {"name": "app", "match": {"sender_domain": ["app.test"]}, "transports": ["gmapp"]},
               {"name": "part", "match": {"sender_domain": ["part.test"]}, "transports": [part_route]}]
     return {"transports": transports, "default": "gm", "routes": routes,
             "listen": {"http": [{"address": "127.0.0.1:0"}], "smtp": [{"address": "127.0.0.1:0"}]},
@@ -403,11 +413,21 @@ def daily():
     gw.run("queue", "delete", qid)
 
 
+def installed_app():
+    mid = "app-1@ws.test"
+    qid = cli_send("me@app.test", ["app1@ext.test"], msg(mid, [("From", "me@app.test"), ("To", "app1@ext.test")]))
+    got = wait_until(lambda: mock.sends_with(mid), 30)
+    tap.ok(got and len(got) == 1 and got[0][0]["user"] == "me" and got[0][0]["recipients"] == ["app1@ext.test"]
+           and settled(qid, "delivered"), "installed app (refresh token): sent as users/me, delivered", show(qid))
+
+
 def finish():
     st = mock.state()
     tap.eq(st["violations"], [], "the mock saw no request that breaks Gmail's documented format")
     text = gw.log() + "\n".join(outputs)
     leaked = [t for t in st["issued"] if t in text]
+    secrets = [t for t in (APP_SECRET, os.environ["PMX_TEST_GMAIL_REFRESH"]) if t in text]
+    tap.ok(not secrets, "neither the client secret nor the refresh token in the serve log or output")
     tap.ok(st["issued"] and not leaked, "no issued token (%d) in the serve log, queue show or doctor" % len(st["issued"]),
            "leaked: %d" % len(leaked))
     tap.eq(gw.stop(), 0, "postmux serve exits 0")
@@ -423,6 +443,7 @@ try:
     section("unauthorized", unauthorized)
     section("refusals", refusals)
     section("daily", daily)
+    section("installed-app", installed_app)
     section("finish", finish)
 finally:
     gw.cleanup()

@@ -27,7 +27,7 @@
  * Control (not Gmail): POST /_mock/inject {"status", "reason", "message",
  * "count", "retry_after"} queues answers for the next sends (after the
  * token check); POST /_mock/revoke revokes every access token at the IdP;
- * POST /_mock/refresh-token?client=ID returns a refresh token; GET
+ * POST /_mock/refresh-token returns a refresh token of the --client; GET
  * /_mock/state returns {"sends", "requests", "violations",
  * "unauthorized", "injected", "token_requests", "issued"} (issued: every
  * token the IdP gave out, for the test's leak check).

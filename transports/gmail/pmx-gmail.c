@@ -357,11 +357,9 @@ gmail_tokens_for (PmxTransport      *self,
   source = g_hash_table_lookup (self->sender_tokens, sender);
   if (source == NULL)
     {
-      g_autoptr(JsonObject) options = json_object_ref (self->cred_options);
-      g_autoptr(JsonObject) copy = NULL;
+      g_autoptr(JsonObject) copy = gmail_credential_options (self->cred_options, self->name, self->scopes, sender);
       g_autoptr(GError) error = NULL;
 
-      copy = gmail_credential_options (options, self->name, self->scopes, sender);
       source = pmx_token_source_new (copy, self->store_dir, &error);
       if (source == NULL)
         *why = g_strdup_printf ("transport '%s': credential for <%s>: %s", self->name, sender, error->message);
@@ -611,7 +609,7 @@ gmail_prepare (const guint8       *message,
       g_byte_array_append (out, (const guint8 *) "\r\n", 2);
     }
   if (!changed)
-    return g_bytes_new (message, len);
+    return g_bytes_new_static (message, len);   /* @message outlives the send */
   g_byte_array_append (out, message + header_len, len - header_len);
   return g_byte_array_free_to_bytes (g_steal_pointer (&out));
 }
