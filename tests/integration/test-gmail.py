@@ -102,7 +102,13 @@ class Mock:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.err.close()
+        if not self.err.closed:
+            self.err.close()
+        return self.proc.returncode
+
+    def stderr(self):
+        with open(os.path.join(WORK, "mock-stderr.txt"), "rb") as f:
+            return f.read().decode(errors="replace")
 
 
 mock = Mock()
@@ -431,6 +437,7 @@ def finish():
     tap.ok(st["issued"] and not leaked, "no issued token (%d) in the serve log, queue show or doctor" % len(st["issued"]),
            "leaked: %d" % len(leaked))
     tap.eq(gw.stop(), 0, "postmux serve exits 0")
+    tap.ok(mock.stop() == 0, "the mock exits 0 (clean under ASan too)", mock.stderr()[-3000:])
 
 
 try:
