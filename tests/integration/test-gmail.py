@@ -130,12 +130,14 @@ def config(part_route="scr"):
         "gmscope": gmail(scope=READONLY),
         "gmdaily": gmail(daily_limit_pause="2h"),
         "gmbad": gmail(user="stranger@ws.test"),
+        "gmenv": gmail(user="from_envelope", allowed_users=[SUBJECT, "@ok.test"]),
         "gmapp": gmail(user="me", credential={"kind": "google", "token_endpoint": mock.token_uri,
                                               "client_id": APP_ID, "client_secret": "env:PMX_TEST_GMAIL_SECRET",
                                               "refresh_token": "env:PMX_TEST_GMAIL_REFRESH"}),
         "scr": {"plugin": "scripted", "options": {"log": os.path.join(WORK, "scripted.log")}},
     }
-    routes = [{"name": "rm", "match": {"sender_domain": ["rm.test"]}, "transports": ["gmrm"]},
+    routes = [{"name": "env", "match": {"recipient_domain": ["env.test"]}, "transports": ["gmenv"]},
+              {"name": "rm", "match": {"sender_domain": ["rm.test"]}, "transports": ["gmrm"]},
               {"name": "scope", "match": {"sender_domain": ["scope.test"]}, "transports": ["gmscope"]},
               {"name": "daily", "match": {"sender_domain": ["daily.test"]}, "transports": ["gmdaily"]},
               {"name": "app", "match": {"sender_domain": ["app.test"]}, "transports": ["gmapp"]},
@@ -427,6 +429,28 @@ def installed_app():
            and settled(qid, "delivered"), "installed app (refresh token): sent as users/me, delivered", show(qid))
 
 
+def from_envelope():
+    mid = "env-1@ws.test"
+    qid = cli_send(SUBJECT, ["e1@env.test"], msg(mid, [("From", SUBJECT), ("To", "e1@env.test")]))
+    got = wait_until(lambda: mock.sends_with(mid), 30)
+    tap.ok(got and len(got) == 1 and (got[0][0]["user"], got[0][0]["sub"]) == (SUBJECT, SUBJECT)
+           and settled(qid, "delivered"), "from_envelope: sent as users/<sender> with a token for sub <sender>",
+           show(qid) + json.dumps(got[0][0] if got else {}))
+    qid = cli_send("nobody@bad.test", ["e2@env.test"], msg("env-2@ws.test", [("From", "nobody@bad.test"),
+                                                                           ("To", "e2@env.test")]))
+    ok = settled(qid, "bounced")
+    out = show(qid)
+    tap.ok(ok and "transport 'gmenv': the envelope sender <nobody@bad.test> is not in allowed_users" in out,
+           "from_envelope: a sender outside allowed_users bounces, naming it", out)
+    qid = cli_send("x@ok.test", ["e3@env.test"], msg("env-3@ws.test", [("From", "x@ok.test"), ("To", "e3@env.test")]))
+    ok = wait_until(lambda: "unauthorized_client" in show(qid), 30)
+    out = show(qid)
+    tap.ok(ok and "state:        deferred" in out
+           and "domain-wide delegation is not granted to this client id for gmail.send" in out,
+           "from_envelope: an allowed sender the IdP will not delegate to defers with the delegation fix", out)
+    gw.run("queue", "delete", qid)
+
+
 def finish():
     st = mock.state()
     tap.eq(st["violations"], [], "the mock saw no request that breaks Gmail's documented format")
@@ -451,6 +475,7 @@ try:
     section("refusals", refusals)
     section("daily", daily)
     section("installed-app", installed_app)
+    section("from-envelope", from_envelope)
     section("finish", finish)
 finally:
     gw.cleanup()
