@@ -446,8 +446,10 @@ def from_envelope():
     ok = wait_until(lambda: "unauthorized_client" in show(qid), 30)
     out = show(qid)
     tap.ok(ok and "state:        deferred" in out
-           and "domain-wide delegation is not granted to this client id for gmail.send" in out,
+           and "domain-wide delegation is not granted to this client id" in out
+           and "add client id %s with the scope %s" % (mock.client_id, SEND) in out,
            "from_envelope: an allowed sender the IdP will not delegate to defers with the delegation fix", out)
+    tap.comment("".join(l for l in out.splitlines(True) if l.startswith("last reply:")))
     gw.run("queue", "delete", qid)
 
 

@@ -420,16 +420,17 @@ gmail_failure_class (const GError *error)
     }
 }
 
-/* gmail_token_fix - what to do about a token error, or "" */
-static const char *
+/* gmail_token_fix - what to do about a token error, or "" (transfer full) */
+static char *
 gmail_token_fix (PmxTransport *self,
                  const GError *error)
 {
   if (g_error_matches (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN))
-    return " — run postmux auth login";
+    return g_strdup_printf (" — run postmux auth login %s", self->name);
   if (self->service_account && error->message != NULL && strstr (error->message, "unauthorized_client") != NULL)
-    return " — domain-wide delegation is not granted to this client id for gmail.send";
-  return "";
+    return g_strdup_printf (" — in the Google Admin console add client id %s with the scope %s, and check that "
+                            "the user belongs to that Workspace domain", self->client_id, GMAIL_SEND_SCOPE);
+  return g_strdup ("");
 }
 
 /* gmail_get_token - a token, or NULL after failing @result */
@@ -442,8 +443,12 @@ gmail_get_token (PmxTransport   *self,
   char *token = pmx_token_source_get_token (tokens, FALSE, NULL, &error);
 
   if (token == NULL)
-    pmx_result_fail (result, gmail_failure_class (error), 0, NULL, "transport '%s': %s%s",
-                     self->name, error->message, gmail_token_fix (self, error));
+    {
+      g_autofree char *fix = gmail_token_fix (self, error);
+
+      pmx_result_fail (result, gmail_failure_class (error), 0, NULL, "transport '%s': %s%s",
+                       self->name, error->message, fix);
+    }
   return token;
 }
 
@@ -889,8 +894,11 @@ gmail_check (PmxTransport *self,
                         "id %s with the scope %s, and check that %s is a user of that Workspace domain",
                         user, self->client_id, GMAIL_SEND_SCOPE, user);
       else
-        pmx_report_add (report, PMX_CHECK_FAIL, "verdict", "cannot send as %s: no access token%s", user,
-                        gmail_token_fix (self, error));
+        {
+          g_autofree char *fix = gmail_token_fix (self, error);
+
+          pmx_report_add (report, PMX_CHECK_FAIL, "verdict", "cannot send as %s: no access token%s", user, fix);
+        }
       return FALSE;
     }
   pmx_secret_free (token);
