@@ -19,7 +19,8 @@ Shown here:
   delivered or bounced by an earlier attempt are never re-sent;
 - a 12 MB message goes by media upload, byte for byte;
 - a run of 429s pauses the transport (shown by `queue list` and
-  /v1/health), then everything is delivered once;
+  /v1/health), then everything is delivered once; a 503 backendError
+  pauses for the first back-off step;
 - 401 (revoked token, and an injected 401): refreshed once, sent once;
 - 400 bounces, 403 domainPolicy and insufficient scope defer, each with the
   exact reason in `queue show`; a daily limit pauses for daily_limit_pause;
@@ -354,6 +355,18 @@ def rate_limited():
            "the attempt log has the 429s: Retry-After 3 honoured, then back-off", attempts)
 
 
+def backend_error():
+    mock.inject(503, "backendError", "Backend Error", count=1)
+    mid = "be-1@ws.test"
+    qid = cli_send(SUBJECT, ["be@ext.test"], msg(mid, [("From", SUBJECT), ("To", "be@ext.test")]))
+    ok = settled(qid, "delivered")
+    out = show(qid)
+    tap.ok(ok and "Gmail answered HTTP 503 backendError (Backend Error) — rate limited: no new attempt for 1 s" in out
+           and "attempts:     2\n" in out, "503 backendError: deferred, paused for the first back-off (1 s), then delivered",
+           out)
+    tap.eq(len(mock.sends_with(mid)), 1, "503 backendError: sent exactly once")
+
+
 def unauthorized():
     st = mock.state()
     mock.call("/_mock/revoke", {})
@@ -473,6 +486,7 @@ try:
     section("earlier-attempt", earlier_attempt)
     section("big", big)
     section("rate-limited", rate_limited)
+    section("backend-error", backend_error)
     section("unauthorized", unauthorized)
     section("refusals", refusals)
     section("daily", daily)

@@ -716,6 +716,7 @@ gmail_send (PmxSession        *session,
   PmxTransport *self = session->transport;
   g_autoptr(PmxTokenSource) tokens = NULL;
   g_autoptr(GBytes) prepared = NULL;
+  g_autoptr(GPtrArray) plain = NULL;
   g_autofree char *user = NULL;
   g_autofree char *why = NULL;
   g_autofree char *escaped = NULL;
@@ -731,12 +732,31 @@ gmail_send (PmxSession        *session,
   tokens = gmail_tokens_for (self, envelope, &user, &why);
   if (tokens == NULL)
     {
-      pmx_result_fail (result, why != NULL && strstr (why, "allowed_users") != NULL ? PMX_FAILURE_PERMANENT
-                                                                                   : PMX_FAILURE_CONFIG,
-                       0, "5.7.1", "%s", why);
+      /* A sender outside allowed_users never may; a broken credential is the operator's to fix. */
+      gboolean refused = self->user == NULL && why != NULL && strstr (why, "allowed_users") != NULL;
+
+      pmx_result_fail (result, refused ? PMX_FAILURE_PERMANENT : PMX_FAILURE_CONFIG, 0, refused ? "5.7.1" : "4.7.0",
+                       "%s", why);
       return;
     }
-  prepared = pmx_gmail_envelope_rewrite (message, message_len, envelope->recipients, envelope->n_recipients,
+  /* An address goes into a Bcc field: one with a control character
+   * (CR, LF) would add header lines, so it is bounced, never sent. */
+  plain = g_ptr_array_new ();
+  for (gsize i = 0; i < envelope->n_recipients; i++)
+    {
+      const char *c = envelope->recipients[i];
+
+      while (*c != '\0' && (guchar) *c >= ' ' && *c != 0x7f)
+        c++;
+      if (*c == '\0')
+        g_ptr_array_add (plain, (gpointer) envelope->recipients[i]);
+      else
+        pmx_result_set_recipient (result, i, PMX_RCPT_BOUNCED, 0, "5.1.3",
+                                  "the address holds a control character: not sent");
+    }
+  if (plain->len == 0)
+    return;
+  prepared = pmx_gmail_envelope_rewrite (message, message_len, (const char *const *) plain->pdata, plain->len,
                                          self->remove_unlisted, &why);
   if (prepared == NULL)
     {
