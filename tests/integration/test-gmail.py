@@ -211,6 +211,7 @@ def doctor():
     tap.ok(p.returncode != 0 and re.search(r"FAIL\s+scope.*do not allow users\.messages\.send — set scope to %s"
                                            % re.escape(SEND), out),
            "doctor gmscope: a scope that cannot send fails the scope step with the fix", out)
+    tap.ok("Sanitizer" not in "".join(outputs), "doctor: no sanitizer report on any path (ASan builds)")
 
 
 def envelope_bcc():
