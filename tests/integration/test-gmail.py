@@ -17,7 +17,8 @@ Shown here:
 - a To address outside the envelope: bounced by default with the reason;
   with unlisted_recipients "remove", taken out of To; recipients already
   delivered or bounced by an earlier attempt are never re-sent;
-- a 12 MB message goes by media upload, byte for byte;
+- a 12 MB message goes by media upload, byte for byte; one over 35 MB
+  bounces with its size;
 - a run of 429s pauses the transport (shown by `queue list` and
   /v1/health), then everything is delivered once; a 503 backendError
   pauses for the first back-off step;
@@ -328,6 +329,19 @@ def big():
     tap.ok(settled(qid, "delivered"), "12 MB: delivered", show(qid))
 
 
+def too_big():
+    n = len(mock.state()["sends"])
+    line = b"x" * 998 + b"\r\n"
+    data = ("From: %s\r\nTo: huge@ext.test\r\nSubject: 36 MB\r\nMessage-ID: <huge@ws.test>\r\n\r\n"
+            % SUBJECT).encode() + line * (36700160 // len(line) + 1)
+    qid = cli_send(SUBJECT, ["huge@ext.test"], data)
+    ok = settled(qid, "bounced", 60)
+    out = show(qid)
+    tap.ok(ok and ("transport 'gm': the message is %d bytes, over Gmail's limit of 36700160 bytes (35 MB) — not sent"
+                   % len(data)) in out, "over 35 MB: bounced with the size in the reason", out)
+    tap.eq(len(mock.state()["sends"]), n, "over 35 MB: nothing reached Gmail")
+
+
 def rate_limited():
     n = len(mock.state()["sends"])
     mock.inject(429, "rateLimitExceeded", "User-rate limit exceeded", count=1, retry_after=3)
@@ -486,6 +500,7 @@ try:
     section("unlisted", unlisted)
     section("earlier-attempt", earlier_attempt)
     section("big", big)
+    section("too-big", too_big)
     section("rate-limited", rate_limited)
     section("backend-error", backend_error)
     section("unauthorized", unauthorized)
