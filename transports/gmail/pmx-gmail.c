@@ -127,7 +127,21 @@ gmail_destroy (PmxTransport *self)
   g_clear_pointer (&self->sender_tokens, g_hash_table_unref);
   g_mutex_clear (&self->lock);
   g_free (self);
-  g_mime_shutdown ();
+}
+
+/* gmail_mime_init - initialise GMime once for the process and leave it
+ * up: the gateway uses it too (pmx-mime.c does the same), so a reload
+ * must never shut it down under another thread */
+static void
+gmail_mime_init (void)
+{
+  static gsize once;
+
+  if (g_once_init_enter (&once))
+    {
+      g_mime_init ();
+      g_once_init_leave (&once, 1);
+    }
 }
 
 /* gmail_seconds - a duration option in whole seconds (at least 1) */
@@ -208,7 +222,7 @@ gmail_create (const PmxTransportArgs *args,
   const char *user, *scope, *subject;
   JsonNode *scopes;
 
-  g_mime_init ();
+  gmail_mime_init ();
   self = g_new0 (PmxTransport, 1);
   g_mutex_init (&self->lock);
   self->sender_tokens = g_hash_table_new_full (g_str_hash, g_str_equal, g_free,
