@@ -38,6 +38,7 @@ import subprocess
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 
 from pmxtest import Tap, wait_until
@@ -491,7 +492,42 @@ def finish():
     tap.ok(st["issued"] and not leaked, "no issued token (%d) in the serve log, queue show or doctor" % len(st["issued"]),
            "leaked: %d" % len(leaked))
     tap.eq(gw.stop(), 0, "postmux serve exits 0")
+
+
+def mock_exit():
     tap.ok(mock.stop() == 0, "the mock exits 0 (clean under ASan too)", mock.stderr()[-3000:])
+
+
+def post_raw(token, raw):
+    req = urllib.request.Request(mock.api + "/gmail/v1/users/%s/messages/send" % SUBJECT,
+                                 data=json.dumps({"raw": raw}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def mock_selftest():
+    # The mock itself: padded base64url is accepted, the + and / alphabet refused.
+    data = b"To: pad@ext.test\r\nSubject: pad\r\n\r\n"
+    while not (set("+/") & set(base64.b64encode(data).decode())) or len(data) % 3 == 0:
+        data += b"\xfb\xef"
+    st = mock.state()
+    status, token = 401, None
+    for t in reversed(st["issued"]):
+        status = post_raw(t, base64.urlsafe_b64encode(data).decode())
+        if status not in (401, 403):   # revoked, or another user's or scope's token
+            token = t
+            break
+    padded = base64.urlsafe_b64encode(data).decode()
+    tap.ok(status == 200 and padded.endswith("=") and [s for s in mock.state()["sends"] if s["size"] == len(data)],
+           "mock self-test: padded base64url is accepted (%d)" % status)
+    status = post_raw(token or "", base64.b64encode(data).decode())
+    v = mock.state()["violations"]
+    tap.ok(status == 400 and len(v) == 1 and "raw is not base64url" in v[0],
+           "mock self-test: the +/ alphabet is a format violation (400)", json.dumps(v))
 
 
 try:
@@ -509,6 +545,8 @@ try:
     section("installed-app", installed_app)
     section("from-envelope", from_envelope)
     section("finish", finish)
+    section("mock-selftest", mock_selftest)
+    section("mock-exit", mock_exit)
 finally:
     gw.cleanup()
     mock.stop()
