@@ -214,6 +214,7 @@ def doctor():
                                            % re.escape(SEND), out),
            "doctor gmscope: a scope that cannot send fails the scope step with the fix", out)
     tap.ok("Sanitizer" not in "".join(outputs), "doctor: no sanitizer report on any path (ASan builds)")
+    tap.comment(out)
 
 
 def envelope_bcc():
