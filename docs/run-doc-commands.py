@@ -20,8 +20,8 @@ Each document runs in its own empty directory with its own state directory
 ($POSTMUX_STATE_DIR=./postmux-data, as contrib/quickstart.sh uses), `postmux` on $PATH (the build's binary), `build`
 and `contrib` linked to the build and source trees (so README commands such
 as build/gateway/postmux work), and the build's plugin directory.  The
-listener address 127.0.0.1:8025 written in a document is replaced by a free
-loopback port, and the state directory /var/lib/postmux by the document's
+listener addresses 127.0.0.1:8025 and 127.0.0.1:2525 written in a document
+are replaced by free loopback ports, and the state directory /var/lib/postmux by the document's
 own, in both config and commands.
 """
 import glob
@@ -86,7 +86,7 @@ def parse(path):
 class Sandbox:
     def __init__(self, doc):
         self.dir = tempfile.mkdtemp(prefix="pmx-doc-")
-        self.port = free_port()
+        self.ports = {"8025": free_port(), "2525": free_port()}
         os.makedirs(os.path.join(self.dir, ".bin"))
         os.makedirs(os.path.join(self.dir, ".home"))
         os.symlink(POSTMUX, os.path.join(self.dir, ".bin", "postmux"))
@@ -105,7 +105,8 @@ class Sandbox:
         self.serve_log = os.path.join(self.dir, ".serve.log")
 
     def subst(self, text):
-        text = text.replace("127.0.0.1:8025", "127.0.0.1:%d" % self.port)
+        for doc_port, port in self.ports.items():
+            text = text.replace("127.0.0.1:" + doc_port, "127.0.0.1:%d" % port)
         return text.replace("/var/lib/postmux", self.env["POSTMUX_STATE_DIR"])
 
     def write_config(self, text):
