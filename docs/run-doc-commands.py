@@ -12,6 +12,8 @@ Documents: README.md and docs/**/*.md.  In them:
   <!-- doc-test: config -->   before a ```json block: that block is written
                       to ./postmux.json and $POSTMUX_CONFIG points at it for
                       the document's later blocks.
+  <!-- doc-test: file NAME --> before any fenced block: that block is
+                      written to ./NAME (a C file of a guide, for example).
   <!-- doc-test: serve -->    start `postmux serve` (with the config so far)
                       before the next tested block; stopped at the end of
                       the document.
@@ -19,7 +21,9 @@ Documents: README.md and docs/**/*.md.  In them:
 Each document runs in its own empty directory with its own state directory
 ($POSTMUX_STATE_DIR=./postmux-data, as contrib/quickstart.sh uses), `postmux` on $PATH (the build's binary), `build`
 and `contrib` linked to the build and source trees (so README commands such
-as build/gateway/postmux work), and the build's plugin directory.  The
+as build/gateway/postmux work), the build's plugin directory, and
+PKG_CONFIG_PATH at the build's uninstalled postmux-plugin.pc (so
+`pkg-config --cflags --libs postmux-plugin` finds the SDK being tested).  The
 listener addresses 127.0.0.1:8025 and 127.0.0.1:2525 written in a document
 are replaced by free loopback ports, and the state directory /var/lib/postmux by the document's
 own, in both config and commands.
@@ -65,9 +69,9 @@ def parse(path):
     i = 0
     while i < len(lines):
         line = lines[i]
-        m = re.match(r"\s*<!--\s*doc-test:\s*(\w+)\s*-->", line)
+        m = re.match(r"\s*<!--\s*doc-test:\s*(\w+)\s*(\S*)\s*-->", line)
         if m:
-            yield ("directive", i + 1, [m.group(1)], "")
+            yield ("directive", i + 1, [m.group(1), m.group(2)], "")
             i += 1
             continue
         m = re.match(r"(\s*)(`{3,})(.*)$", line)
@@ -100,6 +104,7 @@ class Sandbox:
             "POSTMUX_STATE_DIR": os.path.join(self.dir, "postmux-data"),
             "PATH": os.path.join(self.dir, ".bin") + os.pathsep + os.environ.get("PATH", ""),
             "LC_ALL": "C.UTF-8",
+            "PKG_CONFIG_PATH": os.path.join(BUILD, "meson-uninstalled"),
         })
         self.serve = None
         self.serve_log = os.path.join(self.dir, ".serve.log")
@@ -160,13 +165,19 @@ for doc in docs:
         pending = None
         for kind, line, info, text in items:
             if kind == "directive":
-                pending = info[0]
-                if pending == "serve":
+                pending = info
+                if pending[0] == "serve":
                     up, log = box.start_serve()
                     ok(up, "%s:%d: postmux serve starts for the document" % (rel, line), log)
                     pending = None
                 continue
-            if pending == "config":
+            if pending is not None and pending[0] == "file":
+                ok(re.fullmatch(r"[\w.-]+", pending[1]) is not None, "%s:%d: doc-test file names a file" % (rel, line))
+                with open(os.path.join(box.dir, pending[1]), "w") as f:
+                    f.write(text)
+                pending = None
+                continue
+            if pending is not None and pending[0] == "config":
                 ok(info[:1] == ["json"], "%s:%d: doc-test config is followed by a json block" % (rel, line))
                 box.write_config(text)
                 pending = None
