@@ -8,6 +8,7 @@ Markers, each alone on a line of the template:
   @TRANSPORTS_REFERENCE@      a section per transport plugin's options schema
                               (every --transport given, sorted by name)
   @PRESETS_TABLE@             the presets of schemas/presets.json
+  @CONFIG_REFERENCE_ROFF@, @TRANSPORTS_REFERENCE_ROFF@   the same for a man page
 
 A key's default is the schema's "default", else the text after "Default:"
 at the end of its description; "examples" are shown as well.
@@ -128,49 +129,83 @@ class Walker:
         if "examples" in node:
             desc += (" " if desc else "") + "Example: " + ", ".join(code(e) for e in node["examples"])
         key = ".".join(kpath).replace(".[]", "[]")
-        return "| `%s` | %s | %s | %s |" % (key, cell(self.type_of(node, raw)), cell(default or "—"), cell(desc))
+        return (key, self.type_of(node, raw), default or "—", desc)
 
 
 TABLE_HEAD = "| key | type | default | description |\n|---|---|---|---|\n"
 
 
-def config_reference(schema):
+def md_rows(rows):
+    return "\n".join("| `%s` | %s | %s | %s |" % (k, cell(t), cell(d), cell(desc)) for k, t, d, desc in rows)
+
+
+def config_sections(schema):
+    """[(title, rows)]: the top-level scalars, then one section per object."""
     w = Walker(schema)
-    out = []
-    props = schema["properties"]
-    scalars = []
-    for key, raw in props.items():
-        node = w.resolve(raw)
+    req = schema.get("required", [])
+    scalars, sections = [], []
+    for key, raw in schema["properties"].items():
         if key == "$schema":
             continue
+        node = w.resolve(raw)
         is_section = node.get("type") == "object" or (node.get("type") == "array" and
                                                       w.resolve(node.get("items", {})).get("type") == "object")
         if not is_section:
-            scalars.append(w.row([key], node, raw, key in schema.get("required", [])))
-    out.append("### Top-level keys\n\n" + TABLE_HEAD + "\n".join(scalars) + "\n")
-    for key, raw in props.items():
-        node = w.resolve(raw)
-        rows = []
-        if node.get("type") == "object":
-            rows.append(w.row([key], node, raw, key in schema.get("required", [])))
-            w.descend(node, [key], rows, 0)
-        elif node.get("type") == "array" and w.resolve(node.get("items", {})).get("type") == "object":
-            rows.append(w.row([key], node, raw, key in schema.get("required", [])))
-            w.descend(node, [key], rows, 0)
-        else:
+            scalars.append(w.row([key], node, raw, key in req))
             continue
-        out.append("### `%s`\n\n" % key + TABLE_HEAD + "\n".join(rows) + "\n")
+        rows = [w.row([key], node, raw, key in req)]
+        w.descend(node, [key], rows, 0)
+        sections.append((key, rows))
+    return [(None, scalars)] + sections
+
+
+def config_reference(schema):
+    out = []
+    for title, rows in config_sections(schema):
+        head = "### Top-level keys" if title is None else "### `%s`" % title
+        out.append(head + "\n\n" + TABLE_HEAD + md_rows(rows) + "\n")
     return "\n".join(out)
 
 
-def transport_reference(name, schema):
-    w = Walker(schema)
+def transport_rows(schema):
     rows = []
-    w.rows(schema, [], None, rows)
+    Walker(schema).rows(schema, [], None, rows)
+    return rows
+
+
+def transport_reference(name, schema):
     head = "### `%s` options\n\n" % name
     if schema.get("title"):
         head += schema["title"].rstrip(".") + ".\n\n"
-    return head + TABLE_HEAD + "\n".join(rows) + "\n"
+    return head + TABLE_HEAD + md_rows(transport_rows(schema)) + "\n"
+
+
+def roff(text):
+    text = str(text).replace("\\", "\\e").replace("-", "\\-").replace("`", "")
+    text = "".join(c if ord(c) < 128 else "\\[u%04X]" % ord(c) for c in text)
+    return "\\&" + text if text[:1] in (".", "'") else text
+
+
+def roff_entries(rows):
+    out = []
+    for k, t, d, desc in rows:
+        what = t if d == "—" else "%s, %s" % (t, d if d == "required" else "default " + d)
+        out.append(".TP\n.B %s\n%s.%s" % (roff(k), roff(what), ("\n" + roff(desc)) if desc else ""))
+    return "\n".join(out)
+
+
+def config_reference_roff(schema):
+    out = []
+    for title, rows in config_sections(schema):
+        out.append(".SS %s\n%s" % ("Top\\-level keys" if title is None else roff(title), roff_entries(rows)))
+    return "\n".join(out) + "\n"
+
+
+def transports_reference_roff(transports):
+    out = []
+    for name in sorted(transports):
+        out.append(".SS %s\n%s" % (roff(name) + " options", roff_entries(transport_rows(transports[name]))))
+    return "\n".join(out) + "\n"
 
 
 def presets_table(presets):
@@ -197,6 +232,10 @@ def generate(args):
             out.append(config_reference(json.load(open(args.config_schema, encoding="utf-8"))))
         elif s == "@TRANSPORTS_REFERENCE@":
             out.append("\n".join(transport_reference(n, transports[n]) for n in sorted(transports)))
+        elif s == "@CONFIG_REFERENCE_ROFF@":
+            out.append(config_reference_roff(json.load(open(args.config_schema, encoding="utf-8"))))
+        elif s == "@TRANSPORTS_REFERENCE_ROFF@":
+            out.append(transports_reference_roff(transports))
         elif s == "@PRESETS_TABLE@":
             out.append(presets_table(json.load(open(args.presets, encoding="utf-8"))))
         elif re.fullmatch(r"@[A-Z_]+@", s):
@@ -204,7 +243,11 @@ def generate(args):
         else:
             out.append(line)
     rel = args.template_name or args.template
-    text = HEADER.format(template=rel) + "".join(out)
+    header = HEADER.format(template=rel)
+    if args.output.endswith((".1", ".5")):
+        header = ('.\\" Generated from %s and the JSON Schemas by the build; do not edit here:\n'
+                  '.\\" edit the template or the schema descriptions, then run `ninja -C build update-docs`.\n' % rel)
+    text = header + "".join(out)
     with open(args.output, "w", encoding="utf-8") as f:
         f.write(text)
 
