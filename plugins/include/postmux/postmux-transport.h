@@ -181,7 +181,7 @@ typedef struct {
  *   case letters, digits and dashes.
  * @version: the plugin's own version ("1.2.0").
  * @license: SPDX identifier ("MIT", "GPL-3.0-or-later").
- * @description: one line for `postmux config schema` and logs.
+ * @description: one line saying what the transport does (for listings).
  * @options_schema: JSON Schema (draft-07) of the instance options, an
  *   object schema; the host compiles it at load (a bad one refuses the
  *   plugin) and checks every instance's options against it.  Give each
