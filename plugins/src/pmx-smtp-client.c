@@ -134,6 +134,7 @@ struct _PmxSmtpClient {
   SSL             *ssl;
   guint8           rbuf[16384];
   gsize            rpos, rlen;
+  gboolean         reply_due;         /* sent since the last read: the answer is not there yet */
   SmtpCaps         caps;
   SmtpReply        reply;
   SmtpMech         auth_done;
@@ -319,6 +320,7 @@ smtp_close (PmxSmtpClient *c)
       c->fd = -1;
     }
   c->rpos = c->rlen = 0;
+  c->reply_due = FALSE;
   c->auth_done = SMTP_MECH_NONE;
   c->n_messages = 0;
   c->need_rset = FALSE;
@@ -419,8 +421,17 @@ smtp_read_some (PmxSmtpClient *c,
         }
       else
         {
-          gssize n = recv (c->fd, buf, len, 0);
+          gssize n;
 
+          /* Right after a write the reply cannot be there yet: wait first
+           * instead of a recv() that can only say EAGAIN. */
+          if (c->reply_due)
+            {
+              c->reply_due = FALSE;
+              if (!smtp_wait (c, POLLIN, deadline, error))
+                return -1;
+            }
+          n = recv (c->fd, buf, len, 0);
           if (n >= 0)
             return n;
           if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -517,6 +528,7 @@ smtp_write_all (PmxSmtpClient *c,
             {
               data += n;
               len -= (gsize) n;
+              c->reply_due = TRUE;
               continue;
             }
           if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
