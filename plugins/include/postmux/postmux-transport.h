@@ -17,8 +17,10 @@
  *
  * Threading, call by call:
  *   get_desc       any thread, any time; must return the same constant.
- *   create         the main thread, at start-up and on reload; never
- *                  concurrently with any other call on the same instance.
+ *   create         the main thread, at start-up and on reload.  A reload
+ *                  creates the new instance while the old one may still
+ *                  be delivering, and a config may hold several instances
+ *                  of one plugin: keep no per-instance state in globals.
  *   destroy        once, after every session of the instance has been
  *                  closed, on whichever host thread lets go of the
  *                  instance last (an instance replaced by a reload goes
@@ -38,8 +40,8 @@
  *                  is already safe to share.
  *
  * What a transport may do: block in send() on network I/O, on the token
- * service and on its own locks (give every network wait a timeout; the host
- * abandons a worker's attempt only at shutdown).
+ * service and on its own locks (give every network wait a timeout: the host
+ * never interrupts a send(); at shutdown it waits shutdown_timeout for it).
  * What it must never do: retry an attempt, sleep for back-off, touch the
  * queue, call exit() or abort() on bad input, install signal handlers,
  * change the process (chdir, setenv, umask, locale), run a GMainLoop on the
