@@ -147,6 +147,7 @@ struct _PmxSmtpClient {
   /* diagnostics */
   GString         *transcript;
   gboolean         transcript_full;
+  gboolean         transcript_off;    /* this send's result wants none */
   PmxSmtpProbe    *probe;             /* filled while probing, else NULL */
 };
 
@@ -237,7 +238,7 @@ smtp_note (PmxSmtpClient *c,
   g_autofree char *line = NULL;
   va_list args;
 
-  if (c->transcript_full)
+  if (c->transcript_full || c->transcript_off)
     return;
   va_start (args, format);
   line = g_strdup_vprintf (format, args);
@@ -2033,6 +2034,7 @@ pmx_smtp_client_send (PmxSmtpClient     *c,
   g_return_if_fail (c != NULL && env != NULL && result != NULL);
   g_return_if_fail (msg != NULL || len == 0);
 
+  c->transcript_off = !pmx_result_wants_transcript (result);
   if (!smtp_prepare (c, &error))
     {
       PmxFailureClass klass = pmx_smtp_error_get_failure (error);
@@ -2059,8 +2061,10 @@ pmx_smtp_client_send (PmxSmtpClient     *c,
       if (c->state != SMTP_STATE_DISCONNECTED)
         smtp_state (c, SMTP_STATE_READY);
     }
+  c->transcript_off = FALSE;
   transcript = pmx_smtp_client_take_transcript (c);
-  pmx_result_set_transcript (result, transcript);
+  if (transcript[0] != '\0')
+    pmx_result_set_transcript (result, transcript);
 }
 
 /* ---------------------------------------------------------------------- */

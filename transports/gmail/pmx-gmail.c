@@ -49,8 +49,10 @@
 #define GMAIL_UPLOAD_MAX  36700160            /* Gmail's mediaUpload maxSize, 35 MB */
 #define GMAIL_SEND_SCOPE  "https://www.googleapis.com/auth/gmail.send"
 
-#define GMAIL_DURATION "{ \"oneOf\": [ { \"type\": \"integer\", \"minimum\": 1 }, \
-      { \"type\": \"string\", \"pattern\": \"^[0-9]+(ms|s|m|h)$\" } ] }"
+/* A duration: seconds, or a number with a unit; @what and @dflt describe it. */
+#define GMAIL_DURATION(what, dflt) "{ \"oneOf\": [ { \"type\": \"integer\", \"minimum\": 1 }, \
+      { \"type\": \"string\", \"pattern\": \"^[0-9]+(ms|s|m|h)$\" } ], \"default\": \"" dflt "\", \
+      \"description\": \"" what " (seconds, or a duration such as 30s, 5m, 1h)\" }"
 
 #define GMAIL_SCHEMA "{ \
   \"$schema\": \"http://json-schema.org/draft-07/schema#\", \
@@ -60,23 +62,23 @@
   \"required\": [\"credential\"], \
   \"properties\": { \
     \"credential\": { \"type\": \"object\", \
-      \"description\": \"the OAuth2 credential, kind google: service_account_file and subject (domain-wide delegation), or client_id, client_secret and refresh_token (installed app)\" }, \
+      \"description\": \"the OAuth2 credential, kind google: service_account_file (the JSON key) and subject (the Workspace user to act for; default user), or client_id, client_secret and refresh_token (installed app); scopes default to scope\" }, \
     \"user\": { \"type\": \"string\", \"minLength\": 1, \"default\": \"me\", \
       \"description\": \"the sending mailbox: an address, me (the token's user), or from_envelope (the envelope sender, one token per sender; needs allowed_users)\" }, \
     \"allowed_users\": { \"type\": \"array\", \"minItems\": 1, \"items\": { \"type\": \"string\", \"minLength\": 2 }, \
-      \"description\": \"with user from_envelope: the senders that may send, as addresses or @domain\" }, \
+      \"description\": \"required with user from_envelope: the senders that may send, as addresses or @domain; others bounce\" }, \
     \"scope\": { \"type\": \"string\", \"minLength\": 1, \"default\": \"" GMAIL_SEND_SCOPE "\", \
       \"description\": \"the OAuth2 scope asked for when the credential has no scopes\" }, \
     \"api_url\": { \"type\": \"string\", \"minLength\": 1, \"default\": \"https://gmail.googleapis.com\", \
-      \"description\": \"the Gmail API base URL (tests point it at a mock)\" }, \
+      \"description\": \"the Gmail API base URL; http:// only on loopback (tests)\" }, \
     \"ca_file\": { \"type\": \"string\", \"minLength\": 1, \
       \"description\": \"PEM file of CAs trusted in addition to the system store\" }, \
-    \"timeout\": " GMAIL_DURATION ", \
-    \"backoff_initial\": " GMAIL_DURATION ", \
-    \"backoff_max\": " GMAIL_DURATION ", \
-    \"daily_limit_pause\": " GMAIL_DURATION ", \
+    \"timeout\": " GMAIL_DURATION ("a whole request, upload included", "5m") ", \
+    \"backoff_initial\": " GMAIL_DURATION ("the pause after a rate-limit answer without Retry-After; doubled at each one in a row, reset by a success", "30s") ", \
+    \"backoff_max\": " GMAIL_DURATION ("the longest back-off pause", "1h") ", \
+    \"daily_limit_pause\": " GMAIL_DURATION ("the pause after Gmail's daily sending limit, unless Gmail names a time", "1h") ", \
     \"unlisted_recipients\": { \"enum\": [\"refuse\", \"remove\"], \"default\": \"refuse\", \
-      \"description\": \"a To/Cc address that is not a recipient of the attempt: refuse (bounce) or remove it from To/Cc\" }, \
+      \"description\": \"a To/Cc address that is not an envelope recipient of the attempt: refuse (bounce the attempt) or remove (take it out of To/Cc)\" }, \
     \"default_from\": { \"type\": \"string\", \
       \"description\": \"sender used by postmux send --test\" } \
   } \
