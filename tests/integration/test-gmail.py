@@ -217,6 +217,18 @@ def doctor():
     tap.comment(out)
 
 
+def send_test():
+    n = len(mock.state()["sends"])
+    r = gw.run("send", "--test", "--transport", "gm", "--from", SUBJECT, "--to", "tester@ext.test")
+    out = r.stdout.decode() + r.stderr.decode()
+    outputs.append(out)
+    sends = mock.state()["sends"]
+    tap.ok(r.returncode == 0 and len(sends) == n + 1 and sends[-1]["recipients"] == ["tester@ext.test"]
+           and ("> POST %s/gmail/v1/users/%s/messages/send (application/json raw" % (mock.api, SUBJECT)) in out
+           and "Authorization: Bearer <redacted>" in out and ('< 200 {"id":"%s"' % sends[-1]["id"]) in out,
+           "send --test: sent to the one recipient, the exchange shown with the token redacted", out)
+
+
 def envelope_bcc():
     gw.start()
     before = mock.state()
@@ -533,6 +545,7 @@ def mock_selftest():
 
 try:
     section("doctor", doctor)
+    section("send-test", send_test)
     section("envelope-bcc", envelope_bcc)
     section("unlisted", unlisted)
     section("earlier-attempt", earlier_attempt)

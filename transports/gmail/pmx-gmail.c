@@ -741,6 +741,7 @@ gmail_send (PmxSession        *session,
   g_auto(PmxHttpResponse) response = { 0 };
   PmxHttpRequest request = { 0 };
   const guint8 *data;
+  GString *transcript;
   gboolean upload;
   char *token;
   gsize size;
@@ -814,13 +815,16 @@ gmail_send (PmxSession        *session,
     }
   request.url = url;
 
+  /* What `postmux send --test` shows: requests and answers, never the token. */
+  transcript = pmx_result_wants_transcript (result) ? g_string_new (NULL) : NULL;
   token = gmail_get_token (self, tokens, result);
-  if (token == NULL)
-    return;
-  for (int attempt = 0; ; attempt++)
+  for (int attempt = 0; token != NULL; attempt++)
     {
       g_autoptr(GError) error = NULL;
 
+      if (transcript != NULL)
+        g_string_append_printf (transcript, "> POST %s (%s, message %" G_GSIZE_FORMAT " bytes, Authorization: Bearer <redacted>)\n",
+                                url, upload ? "message/rfc822" : "application/json raw", size);
       request.bearer = token;
       if (!pmx_http_send (session->http, &request, &response, NULL, &error))
         {
@@ -828,7 +832,18 @@ gmail_send (PmxSession        *session,
                                      ? PMX_FAILURE_CONFIG : PMX_FAILURE_TEMPORARY,
                            0, "4.4.1", "transport '%s': %s", self->name, error->message);
           pmx_result_set_session_broken (result);
+          if (transcript != NULL)
+            g_string_append_printf (transcript, "< no answer: %s\n", error->message);
           break;
+        }
+      if (transcript != NULL)
+        {
+          gsize len = 0;
+          const char *body = response.body != NULL ? g_bytes_get_data (response.body, &len) : NULL;
+          g_autofree char *text = g_strndup (body != NULL ? body : "", MIN (len, 300));
+          g_autofree char *clean = gmail_clean (text);
+
+          g_string_append_printf (transcript, "< %u %s\n", response.status, clean);
         }
       if (response.status == 401 && attempt == 0)
         {
@@ -839,8 +854,6 @@ gmail_send (PmxSession        *session,
           g_clear_pointer (&token, pmx_secret_free);
           pmx_http_response_clear (&response);
           token = gmail_get_token (self, tokens, result);
-          if (token == NULL)
-            return;
           continue;
         }
       if (response.status == 200)
@@ -848,6 +861,11 @@ gmail_send (PmxSession        *session,
       else
         gmail_failed_answer (self, user, &response, result);
       break;
+    }
+  if (transcript != NULL)
+    {
+      pmx_result_set_transcript (result, transcript->str);
+      g_string_free (transcript, TRUE);
     }
   pmx_secret_free (token);
 }
