@@ -40,7 +40,8 @@ static const char *const mime_reserved_headers[] = {
   "from", "to", "cc", "bcc", "reply-to", "subject", "mime-version", "sender", NULL,
 };
 
-/* mime_init - initialise GMime once, from whichever thread comes first */
+/* mime_init - initialise GMime once (postmux's main() does it before any
+ * thread or plugin starts: g_mime_init() itself is not thread-safe) */
 static void
 mime_init (void)
 {
@@ -51,6 +52,12 @@ mime_init (void)
       g_mime_init ();
       g_once_init_leave (&once, 1);
     }
+}
+
+void
+pmx_mime_init (void)
+{
+  mime_init ();
 }
 
 /* mime_pointer_append - @base + "/" + @token escaped per RFC 6901 */

@@ -26,6 +26,10 @@ typedef enum {
 
 GQuark pmx_mime_error_quark (void);
 
+/* Initialise GMime for the process: call from main() before any thread
+ * starts or plugin loads.  Safe to call again. */
+void   pmx_mime_init (void);
+
 /* Deepest nesting of arrays and objects pmx_mime_parse_request() takes. */
 #define PMX_MIME_MAX_DEPTH 32
 

@@ -6,6 +6,7 @@
 #include "pmx-cmd.h"
 
 #include "pmx-log.h"
+#include "pmx-mime.h"
 
 #include <locale.h>
 #include <signal.h>
@@ -154,6 +155,9 @@ main (int    argc,
   /* A peer that closes a socket must give EPIPE, not kill a worker. */
   signal (SIGPIPE, SIG_IGN);
   pmx_log_init (PMX_LOG_TEXT, "info");
+  /* Before any thread or plugin: the HTTP API and MIME-reading transports
+   * share GMime, whose initialisation is not thread-safe. */
+  pmx_mime_init ();
 
   /* Installed as (or linked to) "sendmail": behave as `postmux sendmail`. */
   {
