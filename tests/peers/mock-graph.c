@@ -23,12 +23,14 @@
  *
  * Control (no token needed):
  *   POST /_mock/inject  {"status", "code"?, "message"?, "retry_after"?,
- *                        "count"?, "revoke"?}: the next Graph calls
- *                        (not upload PUTs) get this answer; "revoke"
- *                        also revokes the token presented (401 once).
+ *                        "count"?, "revoke"?, "after"?}: the next Graph
+ *                        calls with a valid token (not upload PUTs),
+ *                        after letting "after" through, get this answer;
+ *                        "revoke" also revokes the token presented.
  *   POST /_mock/config  {"delay_ms"?, "invalid_recipients"?: [...]}
  *   GET  /_mock/state   messages received, requests with times, counts,
- *                       max in flight, errors.
+ *                       max in flight, errors, tokens the IdP issued (so
+ *                       a test can look for them in logs).
  *   POST /_mock/reset   forget messages, requests, errors and counts.
  */
 #include "oauth2-idp.h"
@@ -52,6 +54,7 @@ typedef struct {
   char  *message;
   gint64 retry_after;      /* -1: none */
   gboolean revoke;
+  guint  after;            /* Graph calls to let through first */
 } Inject;
 
 typedef struct {
@@ -1031,7 +1034,14 @@ mock_process (SoupServerMessage *msg,
                         auth == NULL ? "Access token is empty." : "Access token has expired or is not yet valid.");
       return;
     }
-  inject = g_queue_pop_head (&mock.injects);
+  inject = g_queue_peek_head (&mock.injects);
+  if (inject != NULL && inject->after > 0)
+    {
+      inject->after--;
+      inject = NULL;
+    }
+  else
+    inject = g_queue_pop_head (&mock.injects);
   if (inject != NULL)
     {
       if (inject->revoke)
@@ -1102,6 +1112,14 @@ mock_control (SoupServerMessage *msg,
       json_object_set_int_member (s, "drafts_left", g_hash_table_size (mock.drafts));
       json_object_set_int_member (s, "injects_left", mock.injects.length);
       json_object_set_int_member (s, "token_requests", oauth2_idp_get_requests (mock.idp, NULL));
+      {
+        g_auto(GStrv) issued = oauth2_idp_dup_issued (mock.idp);
+        JsonArray *a = json_array_new ();
+
+        for (guint i = 0; issued != NULL && issued[i] != NULL; i++)
+          json_array_add_string_element (a, issued[i]);
+        json_object_set_array_member (s, "issued_tokens", a);
+      }
       mock_json (msg, 200, s);
       return;
     }
@@ -1137,6 +1155,7 @@ mock_control (SoupServerMessage *msg,
           inject->message = g_strdup (json_object_get_string_member_with_default (o, "message", NULL));
           inject->retry_after = json_object_get_int_member_with_default (o, "retry_after", -1);
           inject->revoke = json_object_get_boolean_member_with_default (o, "revoke", FALSE);
+          inject->after = i == 0 ? (guint) json_object_get_int_member_with_default (o, "after", 0) : 0;
           g_queue_push_tail (&mock.injects, inject);
         }
       soup_server_message_set_status (msg, 204, NULL);
