@@ -56,7 +56,7 @@ class Mock:
             [MOCK, "--client-id", CLIENT_ID, "--secret-env", "PMX_TEST_GRAPH_SECRET", "--spool", SPOOL,
              "--mailbox", "relay@contoso.test", "--mailbox", "json@contoso.test",
              "--mailbox", "throttle@contoso.test", "--mailbox", "reject@contoso.test",
-             "--disabled-mailbox", "disabled@contoso.test"],
+             "--disabled-mailbox", "disabled@contoso.test", "--roles", "Mail.Send User.Read.All"],
             stdout=subprocess.PIPE, stderr=self.err)
         self.hello = json.loads(self.proc.stdout.readline().decode())
         self.url = self.hello["control"]
@@ -359,8 +359,10 @@ def doctor():
     out = p.stdout.decode() + p.stderr.decode()
     outputs.append(out)
     tap.ok(p.returncode == 0 and re.search(r"ok\s+token\s+client_credentials grant from .*/test-tenant/oauth2/v2\.0/token", out)
-           and "relay@contoso.test exists" in out and "result: ok" in out,
-           "doctor g: token, mailbox found, ok", out)
+           and "permissions in the token: Mail.Send User.Read.All" in out
+           and re.search(r"warn\s+permission\s+Mail.Send but no Mail.ReadWrite", out)
+           and "relay@contoso.test exists" in out and "result: ok, with warnings" in out,
+           "doctor g: token with its roles, a warning for the missing Mail.ReadWrite, mailbox found", out)
     p = gw.run("doctor", "gdis", timeout=60)
     out = p.stdout.decode() + p.stderr.decode()
     outputs.append(out)

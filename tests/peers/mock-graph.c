@@ -5,7 +5,7 @@
  * that every bearer token is checked against the tokens the IdP issued.
  *
  * Usage: mock-graph --client-id ID --secret-env VAR [--mailbox UPN]...
- *                   [--disabled-mailbox UPN]... [--spool DIR]
+ *                   [--disabled-mailbox UPN]... [--spool DIR] [--roles R]
  * Prints one JSON line on stdout: {"graph": ".../v1.0", "authority": ...,
  * "tenant": "test-tenant", "token_endpoint": ...}; runs until SIGTERM.
  *
@@ -1234,6 +1234,7 @@ main (int    argc,
       char **argv)
 {
   g_autofree char *secret_env = NULL;
+  g_autofree char *roles = NULL;
   g_auto(GStrv) mailboxes = NULL;
   g_auto(GStrv) disabled = NULL;
   g_autoptr(GError) error = NULL;
@@ -1244,6 +1245,7 @@ main (int    argc,
     { "mailbox", 0, 0, G_OPTION_ARG_STRING_ARRAY, &mailboxes, "a mailbox that exists (repeat)", "UPN" },
     { "disabled-mailbox", 0, 0, G_OPTION_ARG_STRING_ARRAY, &disabled, "a mailbox not enabled for REST (repeat)", "UPN" },
     { "spool", 0, 0, G_OPTION_ARG_FILENAME, &mock.spool, "directory for received MIME and uploads", "DIR" },
+    { "roles", 0, 0, G_OPTION_ARG_STRING, &roles, "issue JWT-shaped tokens with these roles", "\"Mail.Send ...\"" },
     { NULL }
   };
   g_autoptr(GMainLoop) loop = g_main_loop_new (NULL, FALSE);
@@ -1282,6 +1284,8 @@ main (int    argc,
 
   mock.idp = oauth2_idp_new ();
   oauth2_idp_add_secret_client (mock.idp, mock.client_id, secret);
+  if (roles != NULL)
+    oauth2_idp_set_token_roles (mock.idp, mock.client_id, roles);
 
   mock.server = soup_server_new ("server-header", "mock-graph", NULL);
   soup_server_add_handler (mock.server, NULL, mock_handler, NULL, NULL);

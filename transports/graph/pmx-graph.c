@@ -938,6 +938,48 @@ graph_apply (const GraphOutcome *out,
     pmx_result_fail (result, out->failure, out->code, out->enhanced, "%s", out->text);
 }
 
+/* graph_isolate - after ErrorInvalidRecipients on several recipients:
+ * Graph refused the whole message and does not say which address it
+ * disliked.  Rather than bounce every recipient for one bad address, send
+ * to each on its own: the good ones are delivered (their copy names only
+ * them), the bad ones bounce with Graph's reason.  A throttling answer
+ * stops the round: the rest are deferred. */
+static void
+graph_isolate (GraphAttempt *a,
+               const guint8 *raw,
+               gsize         raw_len,
+               PmxResult    *result)
+{
+  const PmxEnvelope *envelope = a->envelope;
+  gboolean paused = FALSE;
+
+  for (gsize i = 0; i < envelope->n_recipients && !paused; i++)
+    {
+      const char *one[] = { envelope->recipients[i], NULL };
+      PmxEnvelope single = *envelope;
+      GraphOutcome each = { 0 };
+
+      single.recipients = one;
+      single.n_recipients = 1;
+      a->envelope = &single;
+      graph_attempt_run (a, raw, raw_len, &each);
+      a->envelope = envelope;
+      if (each.pause > 0)
+        {
+          pmx_result_pause_transport (result, each.pause, each.text);
+          paused = TRUE;
+        }
+      pmx_result_set_recipient (result, i,
+                                each.failure == PMX_FAILURE_NONE ? PMX_RCPT_DELIVERED
+                                : each.failure == PMX_FAILURE_PERMANENT ? PMX_RCPT_BOUNCED
+                                : PMX_RCPT_DEFERRED,
+                                each.code, each.enhanced, each.text);
+      if (paused)
+        pmx_result_set_pending (result, PMX_RCPT_DEFERRED, each.code, each.enhanced, each.text);
+      g_free (each.text);
+    }
+}
+
 /* graph_send - one message: resolve the mailbox, take a slot, send; on
  * ErrorInvalidRecipients with several recipients find the bad one(s) */
 static void
@@ -973,38 +1015,17 @@ graph_send (PmxSession        *session,
   graph_slot_acquire (self, key);
   graph_attempt_run (&a, message, message_len, &out);
 
-  /* Graph refuses the whole message and does not say which address it
-   * disliked.  Rather than bounce every recipient for one bad address,
-   * send to each on its own: the good ones are delivered (their copy names
-   * only them), the bad ones bounce with Graph's reason. */
   if (out.invalid_recipients && envelope->n_recipients > 1)
     {
-      for (gsize i = 0; i < envelope->n_recipients; i++)
-        {
-          const char *one[] = { envelope->recipients[i], NULL };
-          PmxEnvelope single = *envelope;
-          GraphOutcome each = { 0 };
-          const PmxEnvelope *saved = a.envelope;
-
-          single.recipients = one;
-          single.n_recipients = 1;
-          a.envelope = &single;
-          graph_attempt_run (&a, message, message_len, &each);
-          a.envelope = saved;
-          if (each.pause > 0)
-            pmx_result_pause_transport (result, each.pause, each.text);
-          pmx_result_set_recipient (result, i,
-                                    each.failure == PMX_FAILURE_NONE ? PMX_RCPT_DELIVERED
-                                    : each.failure == PMX_FAILURE_PERMANENT ? PMX_RCPT_BOUNCED
-                                    : PMX_RCPT_DEFERRED,
-                                    each.code, each.enhanced, each.text);
-          g_free (each.text);
-        }
+      graph_isolate (&a, message, message_len, result);
+      graph_slot_release (self, key);
+      goto cleanup;
     }
   graph_slot_release (self, key);
 
 done:
   graph_apply (&out, result);
+cleanup:
   g_free (out.text);
   g_free (a.mailbox_path);
   pmx_secret_free (a.token);
