@@ -242,7 +242,11 @@ mock_check_recipients (JsonObject *message,
       if (address == NULL || strchr (address, '@') == NULL || strchr (address, ' ') != NULL)
         return "a recipient has no valid emailAddress.address";
       if (out != NULL)
-        json_array_add_string_element (out, g_ascii_strdown (address, -1));
+        {
+          g_autofree char *lower = g_ascii_strdown (address, -1);
+
+          json_array_add_string_element (out, lower);
+        }
     }
   return NULL;
 }
@@ -453,7 +457,11 @@ mock_collect (InternetAddressList *list,
       if (INTERNET_ADDRESS_IS_GROUP (ia))
         mock_collect (internet_address_group_get_members (INTERNET_ADDRESS_GROUP (ia)), out);
       else if (INTERNET_ADDRESS_IS_MAILBOX (ia))
-        json_array_add_string_element (out, g_ascii_strdown (internet_address_mailbox_get_addr (INTERNET_ADDRESS_MAILBOX (ia)), -1));
+        {
+          g_autofree char *lower = g_ascii_strdown (internet_address_mailbox_get_addr (INTERNET_ADDRESS_MAILBOX (ia)), -1);
+
+          json_array_add_string_element (out, lower);
+        }
     }
 }
 

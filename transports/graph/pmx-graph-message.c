@@ -393,10 +393,12 @@ message_importance (GMimeMessage *message)
 
   if (importance != NULL)
     {
-      g_autofree char *v = g_ascii_strdown (g_strstrip (g_strdup (importance)), -1);
+      g_autofree char *v = g_strstrip (g_strdup (importance));
 
-      if (strcmp (v, "high") == 0 || strcmp (v, "low") == 0)
-        return strcmp (v, "high") == 0 ? "high" : "low";
+      if (g_ascii_strcasecmp (v, "high") == 0)
+        return "high";
+      if (g_ascii_strcasecmp (v, "low") == 0)
+        return "low";
       return NULL;
     }
   if (priority != NULL)
