@@ -113,7 +113,10 @@ transports = {
     "gslow": transport("throttle@contoso.test", 1),
     "grej": transport("reject@contoso.test", 1, large_messages="reject"),
     "gdis": transport("disabled@contoso.test", 1),
-    "gfrom": transport("from_envelope", 1, allowed_senders=["@gfrom.test"]),
+    "gfrom": transport("from_envelope", 1, allowed_senders=["@gfrom.test"], max_message_size=300000),
+    # Nothing listens on port 1: every request fails to connect.
+    "gdown": dict(transport("relay@contoso.test", 1), options=dict(transport("relay@contoso.test", 1)["options"],
+                                                                   graph_url="http://127.0.0.1:1/v1.0")),
 }
 routes = [{"name": n, "match": {"sender_domain": [n + ".test"] + (["stranger.test"] if n == "gfrom" else [])},
            "transports": [n]} for n in transports]
@@ -157,7 +160,7 @@ def crlf(text):
 
 def start():
     c = gw.run("config", "check")
-    tap.ok(c.returncode == 0, "config check accepts six graph transports", c.stdout.decode() + c.stderr.decode())
+    tap.ok(c.returncode == 0, "config check accepts seven graph transports", c.stdout.decode() + c.stderr.decode())
     gw.start()
 
 
@@ -354,6 +357,20 @@ def from_envelope():
     out = show(qid)
     tap.ok(ok and "the sender <eve@stranger.test> is not in allowed_senders" in out and not mock.messages("stranger"),
            "from_envelope: a sender outside allowed_senders bounces, nothing sent", out)
+    text = crlf("From: app@gfrom.test\nTo: r@y.test\nSubject: over the limit\n\n" + ("y" * 998 + "\n") * 350)
+    qid = send("app@gfrom.test", ["r@y.test"], text)
+    ok = settled(qid, "bounced", 30)
+    out = show(qid)
+    tap.ok(ok and ("the message is %d bytes, over the tenant's message size limit of 300000 bytes" % len(text)) in out
+           and not mock.messages("over the limit"), "over max_message_size: bounced with both sizes, nothing sent", out)
+
+
+def unreachable():
+    qid = send("app@gdown.test", ["r@y.test"], crlf("From: app@gdown.test\nTo: r@y.test\nSubject: down\n\nx\n"))
+    ok = wait_until(lambda: re.search(r"attempts:\s+[1-9]", show(qid)) and "state:        deferred" in show(qid), 30)
+    out = show(qid)
+    tap.ok(ok and "POST 127.0.0.1" in out, "Graph unreachable: deferred with the host in the reason", out)
+    gw.run("queue", "delete", qid)
 
 
 def json_mode():
@@ -423,6 +440,7 @@ try:
     section("refusals", refusals)
     section("413", too_large_at_graph)
     section("from-envelope", from_envelope)
+    section("unreachable", unreachable)
     section("json", json_mode)
     section("doctor", doctor)
     section("finish", finish)

@@ -438,9 +438,12 @@ graph_outcome_from_response (GraphAttempt          *a,
     {
       gint64 wait = r->retry_after >= 0 ? MAX (r->retry_after, 1) : (s == 429 ? GRAPH_DEFAULT_PAUSE : 0);
 
-      graph_outcome_set (out, PMX_FAILURE_TEMPORARY, s, s == 429 ? "4.7.0" : "4.3.0",
-                         "%s — throttled: %s", said,
-                         wait > 0 ? "no new attempt on this transport before Retry-After" : "try again later");
+      if (wait > 0)
+        graph_outcome_set (out, PMX_FAILURE_TEMPORARY, s, s == 429 ? "4.7.0" : "4.3.0",
+                           "%s — throttled: the transport pauses for %" G_GINT64_FORMAT " s%s", said, wait,
+                           r->retry_after >= 0 ? " (Retry-After)" : " (no Retry-After given)");
+      else
+        graph_outcome_set (out, PMX_FAILURE_TEMPORARY, s, "4.3.0", "%s — Graph is busy: tried again later", said);
       out->pause = wait;
       return;
     }
@@ -539,7 +542,8 @@ graph_call (GraphAttempt       *a,
         {
           graph_outcome_set (out, error->domain == PMX_TRANSPORT_ERROR && error->code == PMX_TRANSPORT_ERROR_CONFIG
                                     ? PMX_FAILURE_CONFIG : PMX_FAILURE_TEMPORARY,
-                             0, "4.4.1", "transport '%s': %s", self->name, error->message);
+                             0, "4.4.1", "transport '%s': %s — Microsoft Graph did not answer: tried again later; "
+                             "check graph_url and the network (postmux doctor %s)", self->name, error->message, self->name);
           return FALSE;
         }
       if (response->status != 401 || a->refreshed)
