@@ -34,6 +34,8 @@ import subprocess
 import tempfile
 import time
 import traceback
+import urllib.error
+import urllib.parse
 import urllib.request
 
 from pmxtest import Gateway, Tap, wait_until
@@ -414,6 +416,98 @@ def doctor():
            "doctor gdis: the mailbox step fails with Graph's code", out)
 
 
+def raw_request(method, url, body=None, headers=None):
+    req = urllib.request.Request(url, data=body, method=method)
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def graph_code(body):
+    try:
+        return json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def mock_self_check():
+    """The mock refuses (and records) what a wrong transport would send."""
+    form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": SECRET,
+                                   "scope": mock.url + "/.default"}).encode()
+    st, body = raw_request("POST", mock.hello["token_endpoint"], form,
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+    token = json.loads(body)["access_token"]
+    auth = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+    base = mock.hello["graph"] + "/users/relay@contoso.test"
+    errors_before = len(mock.state()["errors"])
+
+    def msg(**extra):
+        m = {"subject": "s", "body": {"contentType": "Text", "content": "x"},
+             "toRecipients": [{"emailAddress": {"address": "r@y.test"}}]}
+        m.update(extra)
+        return json.dumps({"message": m, "saveToSentItems": "false"}).encode()
+
+    hdr = lambda n: [{"name": "X-H%d" % i, "value": "v"} for i in range(n)]
+    att = lambda **kw: dict({"@odata.type": "#microsoft.graph.fileAttachment", "name": "a.bin",
+                             "contentBytes": base64.b64encode(b"\xfb\xff\xfe").decode()}, **kw)
+    cases = [
+        ("sendMail with five x- headers and a string saveToSentItems", msg(internetMessageHeaders=hdr(5)), 202, None),
+        ("six x- headers", msg(internetMessageHeaders=hdr(6)), 400, "InvalidInternetMessageHeaderCollection"),
+        ("an empty internetMessageHeaders", msg(internetMessageHeaders=[]), 400, "InvalidInternetMessageHeaderCollection"),
+        ("a header not starting with x-", msg(internetMessageHeaders=[{"name": "List-Unsubscribe", "value": "<u>"}]),
+         400, "InvalidInternetMessageHeader"),
+        ("an empty x- header value", msg(internetMessageHeaders=[{"name": "X-A", "value": ""}]), 400, "InvalidInternetMessageHeader"),
+        ("URL-safe base64 in contentBytes", msg(attachments=[att(contentBytes=base64.urlsafe_b64encode(b"\xfb\xff\xfe").decode())]),
+         400, "ErrorInvalidRequest"),
+        ("an attachment without @odata.type", msg(attachments=[{"name": "a", "contentBytes": "AAAA"}]), 400, "ErrorInvalidRequest"),
+        ("no recipients", json.dumps({"message": {"subject": "s"}}).encode(), 400, "ErrorInvalidRecipients"),
+    ]
+    bad = 0
+    for name, body, want_status, want_code in cases:
+        st, answer = raw_request("POST", base + "/sendMail", body, auth)
+        tap.eq((st, graph_code(answer)), (want_status, want_code), "mock: %s -> %d %s" % (name, want_status, want_code or ""))
+        bad += want_status >= 400
+    st, answer = raw_request("POST", base + "/sendMail", b"not base64 at all!", dict(auth, **{"Content-Type": "text/plain"}))
+    tap.eq((st, graph_code(answer)), (400, "ErrorMimeContentInvalidBase64String"), "mock: a MIME body that is not base64 -> 400")
+    st, answer = raw_request("POST", base + "/sendMail", msg(), {"Content-Type": "application/json"})
+    tap.eq((st, graph_code(answer)), (401, "InvalidAuthenticationToken"), "mock: no bearer token -> 401")
+    st, answer = raw_request("POST", base + "/sendMail", msg(), dict(auth, Authorization="Bearer forged"))
+    tap.eq((st, graph_code(answer)), (401, "InvalidAuthenticationToken"), "mock: a token the IdP never issued -> 401")
+
+    st, answer = raw_request("POST", base + "/messages", json.dumps({"subject": "d", "toRecipients": [
+        {"emailAddress": {"address": "r@y.test"}}]}).encode(), auth)
+    draft = json.loads(answer)["id"]
+    st, answer = raw_request("POST", base + "/messages/%s/attachments/createUploadSession" % draft,
+                             json.dumps({"AttachmentItem": {"attachmentType": "file", "name": "s", "size": 1000}}).encode(), auth)
+    tap.eq(st, 400, "mock: an upload session for 1000 bytes (under 3 MB) -> 400")
+    total = 4 * 1024 * 1024 + 10
+    st, answer = raw_request("POST", base + "/messages/%s/attachments/createUploadSession" % draft,
+                             json.dumps({"AttachmentItem": {"attachmentType": "file", "name": "big", "size": total}}).encode(), auth)
+    upload = json.loads(answer)["uploadUrl"]
+    octet = {"Content-Type": "application/octet-stream"}
+    st, _ = raw_request("PUT", upload, b"a" * 10, dict(octet, **{"Content-Range": "bytes 0-9/%d" % total,
+                                                             "Authorization": "Bearer " + token}))
+    tap.eq(st, 400, "mock: a PUT to the upload URL with an Authorization header -> 400")
+    st, _ = raw_request("PUT", upload, b"a" * 10, dict(octet, **{"Content-Range": "bytes 5-14/%d" % total}))
+    tap.eq(st, 400, "mock: a PUT that does not start where the last ended -> 400")
+    st, _ = raw_request("PUT", upload, b"a" * 10, dict(octet, **{"Content-Range": "bytes 0-10/%d" % total}))
+    tap.eq(st, 400, "mock: a Content-Range longer than the chunk -> 400")
+    st, _ = raw_request("PUT", upload, b"a" * total, dict(octet, **{"Content-Range": "bytes 0-%d/%d" % (total - 1, total)}))
+    tap.eq(st, 400, "mock: one chunk over 4 MiB -> 400")
+    st, answer = raw_request("PUT", upload, b"a" * 10, dict(octet, **{"Content-Range": "bytes 0-9/%d" % total}))
+    tap.eq((st, json.loads(answer)["nextExpectedRanges"]), (200, ["10-"]), "mock: a good first chunk -> 200, next 10-")
+    st, _ = raw_request("POST", base + "/messages/%s/send" % draft, b"", auth)
+    tap.eq(st, 400, "mock: sending a draft whose upload is not complete -> 400")
+    st, _ = raw_request("POST", base + "/messages/%s/send" % draft, b"{}", auth)
+    tap.eq(st, 400, "mock: sending a draft with a body -> 400")
+    errors = mock.state()["errors"][errors_before:]
+    tap.eq(len(errors), bad + 1 + 1 + 4 + 2, "mock: every refused request is recorded as an error for the tests")
+
+
 def finish():
     tap.eq(gw.stop(), 0, "postmux serve exits 0")
     st = mock.state()
@@ -423,6 +517,7 @@ def finish():
     tap.ok(st["issued_tokens"] and not leaked, "no issued token (%d) in the serve log, queue show or doctor"
            % len(st["issued_tokens"]), leaked)
     tap.ok(SECRET not in text, "no client secret in the serve log, queue show or doctor")
+    mock_self_check()
     rc = mock.stop()
     with open(os.path.join(WORK, "mock.stderr"), "rb") as f:
         err = f.read().decode(errors="replace")
