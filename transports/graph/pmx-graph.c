@@ -133,7 +133,7 @@ typedef struct {
   gboolean           refreshed;       /* a 401 already made us refresh once */
 } GraphAttempt;
 
-/* graph_outcome_set - fill @out (which must be empty) */
+/* graph_outcome_set - fill @out, replacing what it held */
 static void
 graph_outcome_set (GraphOutcome   *out,
                    PmxFailureClass failure,
@@ -550,7 +550,7 @@ graph_call (GraphAttempt       *a,
         return TRUE;
       /* Revoked or expired early: drop only this token (another thread may
        * hold a fresh one already) and try once more. */
-      g_debug ("transport '%s': Graph refused the access token; refreshing once", self->name);
+      g_debug ("%s: transport '%s': Graph refused the access token; refreshing once", a->envelope->queue_id, self->name);
       pmx_token_source_invalidate (self->tokens, a->token);
       g_clear_pointer (&a->token, pmx_secret_free);
       a->refreshed = TRUE;
@@ -603,9 +603,9 @@ graph_json_bytes (JsonObject *o)
   return g_bytes_new_take (text, len);
 }
 
-/* graph_created_id - the "id" of a 201 answer, or NULL */
+/* graph_json_member - a string member of a JSON answer ("id", "uploadUrl"), or NULL */
 static char *
-graph_created_id (const PmxHttpResponse *r,
+graph_json_member (const PmxHttpResponse *r,
                   const char            *member)
 {
   g_autoptr(JsonNode) root = pmx_http_response_get_json (r);
@@ -651,7 +651,7 @@ graph_upload_attachment (GraphAttempt          *a,
         graph_outcome_from_response (a, "createUploadSession", &r, out);
         return FALSE;
       }
-    upload_url = graph_created_id (&r, "uploadUrl");
+    upload_url = graph_json_member (&r, "uploadUrl");
     if (upload_url == NULL)
       {
         graph_outcome_set (out, PMX_FAILURE_TEMPORARY, r.status, "4.3.0",
@@ -678,7 +678,6 @@ graph_upload_attachment (GraphAttempt          *a,
       };
       g_auto(PmxHttpResponse) r = { 0 };
       g_autoptr(GError) error = NULL;
-      gboolean last = start + len == total;
 
       if (!pmx_http_send (a->session->http, &put, &r, NULL, &error))
         {
@@ -686,7 +685,16 @@ graph_upload_attachment (GraphAttempt          *a,
                              self->name, att->name, error->message);
           return FALSE;
         }
-      if (r.status / 100 != 2 || (last && r.status != 201 && r.status != 200))
+      if (r.status == 401 || r.status == 403 || r.status == 404)
+        {
+          /* The pre-authenticated URL expired or was withdrawn: a later
+           * attempt starts over with a new draft and session. */
+          graph_outcome_set (out, PMX_FAILURE_TEMPORARY, r.status, "4.4.0",
+                             "transport '%s': the upload session of %s answered %u (expired or withdrawn): "
+                             "the message is sent again later", self->name, att->name, r.status);
+          return FALSE;
+        }
+      if (r.status / 100 != 2)
         {
           graph_outcome_from_response (a, "an attachment upload", &r, out);
           return FALSE;
@@ -730,7 +738,7 @@ graph_send_large (GraphAttempt *a,
         graph_outcome_from_response (a, "creating the draft", &r, out);
         return;
       }
-    id = graph_created_id (&r, "id");
+    id = graph_json_member (&r, "id");
     if (id == NULL)
       {
         graph_outcome_set (out, PMX_FAILURE_TEMPORARY, r.status, "4.3.0",
@@ -1197,8 +1205,8 @@ graph_check (PmxTransport *self,
   graph_error_fields (&r, &code, &message);
   if (r.status == 200)
     {
-      g_autofree char *upn = graph_created_id (&r, "userPrincipalName");
-      g_autofree char *mail = graph_created_id (&r, "mail");
+      g_autofree char *upn = graph_json_member (&r, "userPrincipalName");
+      g_autofree char *mail = graph_json_member (&r, "mail");
 
       pmx_report_add (report, PMX_CHECK_OK, "mailbox", "%s exists (userPrincipalName %s, mail %s)", self->mailbox,
                       upn != NULL ? upn : "-", mail != NULL ? mail : "-");
