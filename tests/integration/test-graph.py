@@ -508,6 +508,17 @@ def mock_self_check():
     tap.eq(len(errors), bad + 1 + 1 + 4 + 2, "mock: every refused request is recorded as an error for the tests")
 
 
+def send_test():
+    p = gw.run("send", "--test", "--transport", "g", "--from", "app@g.test", "--to", "t1@y.test,t2@y.test", timeout=60)
+    out = p.stdout.decode() + p.stderr.decode()
+    outputs.append(out)
+    got = mock.messages("Postmux test message via transport g")
+    tap.ok(p.returncode == 0 and "result: delivered" in out
+           and re.search(r"POST /users/relay@contoso\.test/sendMail \(text/plain, \d+ bytes\) -> 202", out)
+           and [m["recipients"] for m in got] == [["t1@y.test", "t2@y.test"]],
+           "send --test: delivered to both, the transcript shows the request and Graph's status", out)
+
+
 def finish():
     tap.eq(gw.stop(), 0, "postmux serve exits 0")
     st = mock.state()
@@ -517,6 +528,8 @@ def finish():
     tap.ok(st["issued_tokens"] and not leaked, "no issued token (%d) in the serve log, queue show or doctor"
            % len(st["issued_tokens"]), leaked)
     tap.ok(SECRET not in text, "no client secret in the serve log, queue show or doctor")
+    tap.ok(st["upload_tokens"] and not [t for t in st["upload_tokens"] if t in text],
+           "no upload URL authtoken (%d) in the serve log, queue show, doctor or send --test" % len(st["upload_tokens"]))
     mock_self_check()
     rc = mock.stop()
     with open(os.path.join(WORK, "mock.stderr"), "rb") as f:
@@ -538,6 +551,7 @@ try:
     section("unreachable", unreachable)
     section("json", json_mode)
     section("doctor", doctor)
+    section("send-test", send_test)
     section("finish", finish)
 finally:
     gw.cleanup()

@@ -88,6 +88,7 @@ typedef struct {
   JsonArray   *messages;
   JsonArray   *requests;
   JsonArray   *errors;
+  JsonArray   *upload_tokens; /* every upload URL's authtoken handed out */
   GHashTable  *drafts;      /* id -> Draft* */
   GHashTable  *uploads;     /* id -> Upload* */
   guint        next_id;
@@ -732,6 +733,7 @@ mock_create_upload (SoupServerMessage *msg,
   u->size = (gsize) size;
   u->data = g_byte_array_new ();
   u->authtoken = g_uuid_string_random ();
+  json_array_add_string_element (mock.upload_tokens, u->authtoken);
   g_hash_table_insert (mock.uploads, u->id, u);
   d->open_uploads++;
   answer = json_object_new ();
@@ -1113,6 +1115,7 @@ mock_control (SoupServerMessage *msg,
       json_object_set_array_member (s, "messages", json_array_ref (mock.messages));
       json_object_set_array_member (s, "requests", json_array_ref (mock.requests));
       json_object_set_array_member (s, "errors", json_array_ref (mock.errors));
+      json_object_set_array_member (s, "upload_tokens", json_array_ref (mock.upload_tokens));
       json_object_set_int_member (s, "max_in_flight", mock.max_in_flight);
       json_object_set_int_member (s, "in_flight", mock.in_flight);
       json_object_set_int_member (s, "unauthorized", mock.unauthorized);
@@ -1286,6 +1289,7 @@ main (int    argc,
   mock.messages = json_array_new ();
   mock.requests = json_array_new ();
   mock.errors = json_array_new ();
+  mock.upload_tokens = json_array_new ();
   mock.drafts = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) mock_draft_free);
   mock.uploads = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) mock_upload_free);
   g_queue_init (&mock.injects);
@@ -1330,6 +1334,7 @@ main (int    argc,
   json_array_unref (mock.messages);
   json_array_unref (mock.requests);
   json_array_unref (mock.errors);
+  json_array_unref (mock.upload_tokens);
   g_queue_clear_full (&mock.injects, (GDestroyNotify) mock_inject_free);
   g_strfreev (mock.mailboxes);
   g_strfreev (mock.disabled);

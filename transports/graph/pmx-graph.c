@@ -131,6 +131,7 @@ typedef struct {
   char              *mailbox_path;    /* {graph_url}/users/{mailbox, escaped} */
   char              *token;           /* pmx_secret_free() */
   gboolean           refreshed;       /* a 401 already made us refresh once */
+  GString           *transcript;      /* requests and statuses; no token, no upload URL */
 } GraphAttempt;
 
 /* graph_outcome_set - fill @out, replacing what it held */
@@ -496,6 +497,28 @@ graph_outcome_from_response (GraphAttempt          *a,
   graph_outcome_set (out, PMX_FAILURE_TEMPORARY, s, "4.3.0", "%s", said);
 }
 
+/* graph_note - one transcript line: "POST /users/x/sendMail (text/plain,
+ * 1234 bytes) -> 202"; @url is shown relative to graph_url, and an upload
+ * URL (which carries its own credential) is never shown */
+static void
+graph_note (GraphAttempt *a,
+            const char   *method,
+            const char   *url,
+            const char   *detail,
+            gsize         body_len,
+            guint         status)
+{
+  const char *graph_url = a->session->transport->graph_url;
+  const char *shown = g_str_has_prefix (url, graph_url) ? url + strlen (graph_url) : "<upload URL>";
+
+  g_string_append_printf (a->transcript, "%s %s (%s%s%" G_GSIZE_FORMAT " bytes) -> ", method, shown,
+                          detail != NULL ? detail : "", detail != NULL ? ", " : "", body_len);
+  if (status > 0)
+    g_string_append_printf (a->transcript, "%u\n", status);
+  else
+    g_string_append (a->transcript, "no answer\n");
+}
+
 /* graph_call - one request to Graph with the bearer token; a 401 drops the
  * token at the source and tries once more with a new one.  Returns FALSE
  * with @out filled when there was no HTTP answer. */
@@ -540,12 +563,14 @@ graph_call (GraphAttempt       *a,
       memset (response, 0, sizeof *response);
       if (!pmx_http_send (a->session->http, &request, response, NULL, &error))
         {
+          graph_note (a, method, url, content_type, body_len, 0);
           graph_outcome_set (out, error->domain == PMX_TRANSPORT_ERROR && error->code == PMX_TRANSPORT_ERROR_CONFIG
                                     ? PMX_FAILURE_CONFIG : PMX_FAILURE_TEMPORARY,
                              0, "4.4.1", "transport '%s': %s — Microsoft Graph did not answer: tried again later; "
                              "check graph_url and the network (postmux doctor %s)", self->name, error->message, self->name);
           return FALSE;
         }
+      graph_note (a, method, url, content_type, body_len, response->status);
       if (response->status != 401 || a->refreshed)
         return TRUE;
       /* Revoked or expired early: drop only this token (another thread may
@@ -679,7 +704,10 @@ graph_upload_attachment (GraphAttempt          *a,
       g_auto(PmxHttpResponse) r = { 0 };
       g_autoptr(GError) error = NULL;
 
-      if (!pmx_http_send (a->session->http, &put, &r, NULL, &error))
+      gboolean sent = pmx_http_send (a->session->http, &put, &r, NULL, &error);
+
+      graph_note (a, "PUT", upload_url, range + strlen ("Content-Range: "), len, sent ? r.status : 0);
+      if (!sent)
         {
           graph_outcome_set (out, PMX_FAILURE_TEMPORARY, 0, "4.4.1", "transport '%s': uploading %s: %s",
                              self->name, att->name, error->message);
@@ -1026,6 +1054,7 @@ graph_send (PmxSession        *session,
 
   a.session = session;
   a.envelope = envelope;
+  a.transcript = g_string_new (NULL);
   a.mailbox = graph_mailbox_for (self, envelope, &out);
   if (a.mailbox == NULL)
     goto done;
@@ -1055,6 +1084,9 @@ graph_send (PmxSession        *session,
 done:
   graph_apply (&out, result);
 cleanup:
+  if (a.transcript->len > 0)
+    pmx_result_set_transcript (result, a.transcript->str);
+  g_string_free (a.transcript, TRUE);
   g_free (out.text);
   g_free (a.mailbox_path);
   pmx_secret_free (a.token);
