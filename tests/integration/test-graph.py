@@ -299,6 +299,20 @@ def unauthorized_once():
     tap.ok(ok and len(mock.messages("unauth")) == 1, "401 once: delivered once", show(qid))
     tap.eq(mock.state()["token_requests"] - before, 1, "401 once: exactly one extra token request")
 
+    # Refused again with the fresh token: no third try in this attempt;
+    # deferred as an authentication failure, delivered on the retry.
+    before = mock.state()["token_requests"]
+    mock.inject(status=401, code="InvalidAuthenticationToken", message="Access token validation failure.",
+                revoke=True, count=2)
+    qid = send("app@g.test", ["u@y.test"], crlf("From: app@g.test\nTo: u@y.test\nSubject: unauth twice\n\nx\n"))
+    ok = settled(qid, "delivered", 30)
+    out = show(qid)
+    tap.ok(ok and re.search(r"deferred 401 4\.7\.0 .*InvalidAuthenticationToken.*refused after a refresh", out)
+           and len(mock.messages("unauth twice")) == 1,
+           "401 twice: deferred as an authentication failure, then delivered once", out)
+    tap.eq(mock.state()["token_requests"] - before, 2,
+           "401 twice: one refresh in the first attempt, one when the retry met the revoked token")
+
 
 def refusals():
     cases = [
