@@ -44,6 +44,10 @@ MOCK = os.environ.get("PMX_MOCK_GRAPH")
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 SECRET = "gs~" + secrets.token_urlsafe(18)
 os.environ["PMX_TEST_GRAPH_SECRET"] = SECRET
+# Two more app registrations: one with Mail.Send only, one with no permission.
+SEND_ONLY_ID, NO_PERM_ID = "22222222-0000-0000-0000-000000000001", "22222222-0000-0000-0000-000000000002"
+SECRET2 = "gs2~" + secrets.token_urlsafe(18)
+os.environ["PMX_TEST_GRAPH_SECRET2"] = SECRET2
 
 tap = Tap()
 WORK = tempfile.mkdtemp(prefix="pmx-graph-")
@@ -58,7 +62,9 @@ class Mock:
             [MOCK, "--client-id", CLIENT_ID, "--secret-env", "PMX_TEST_GRAPH_SECRET", "--spool", SPOOL,
              "--mailbox", "relay@contoso.test", "--mailbox", "json@contoso.test",
              "--mailbox", "throttle@contoso.test", "--mailbox", "reject@contoso.test", "--mailbox", "app@gfrom.test",
-             "--disabled-mailbox", "disabled@contoso.test", "--roles", "Mail.Send User.Read.All"],
+             "--disabled-mailbox", "disabled@contoso.test", "--roles", "Mail.Send Mail.ReadWrite User.Read.All",
+             "--extra-client", SEND_ONLY_ID + ":PMX_TEST_GRAPH_SECRET2:Mail.Send",
+             "--extra-client", NO_PERM_ID + ":PMX_TEST_GRAPH_SECRET2:"],
             stdout=subprocess.PIPE, stderr=self.err)
         self.hello = json.loads(self.proc.stdout.readline().decode())
         self.url = self.hello["control"]
@@ -101,10 +107,10 @@ gw = Gateway(name="pmx-graph")
 outputs = []
 
 
-def transport(mailbox, workers, **options):
+def transport(mailbox, workers, client_id=CLIENT_ID, secret_env="PMX_TEST_GRAPH_SECRET", **options):
     o = {"mailbox": mailbox, "graph_url": mock.hello["graph"], "authority": mock.hello["authority"],
-         "credential": {"kind": "microsoft", "tenant": mock.hello["tenant"], "client_id": CLIENT_ID,
-                        "client_secret": "env:PMX_TEST_GRAPH_SECRET"}}
+         "credential": {"kind": "microsoft", "tenant": mock.hello["tenant"], "client_id": client_id,
+                        "client_secret": "env:" + secret_env}}
     o.update(options)
     return {"plugin": "graph", "concurrency": workers, "options": o}
 
@@ -115,6 +121,8 @@ transports = {
     "gslow": transport("throttle@contoso.test", 1),
     "grej": transport("reject@contoso.test", 1, large_messages="reject"),
     "gdis": transport("disabled@contoso.test", 1),
+    "gsend": transport("relay@contoso.test", 1, SEND_ONLY_ID, "PMX_TEST_GRAPH_SECRET2"),
+    "gnone": transport("relay@contoso.test", 1, NO_PERM_ID, "PMX_TEST_GRAPH_SECRET2"),
     "gfrom": transport("from_envelope", 1, allowed_senders=["@gfrom.test"], max_message_size=300000),
     # Nothing listens on port 1: every request fails to connect.
     "gdown": dict(transport("relay@contoso.test", 1), options=dict(transport("relay@contoso.test", 1)["options"],
@@ -162,7 +170,7 @@ def crlf(text):
 
 def start():
     c = gw.run("config", "check")
-    tap.ok(c.returncode == 0, "config check accepts seven graph transports", c.stdout.decode() + c.stderr.decode())
+    tap.ok(c.returncode == 0, "config check accepts nine graph transports", c.stdout.decode() + c.stderr.decode())
     gw.start()
 
 
@@ -351,6 +359,20 @@ def refusals():
            "large_messages reject: bounced with the size in the reason", out)
 
 
+def permissions():
+    qid = send("app@gnone.test", ["r@y.test"], crlf("From: app@gnone.test\nTo: r@y.test\nSubject: no perm\n\nx\n"))
+    ok = settled(qid, "bounced", 30)
+    out = show(qid)
+    tap.ok(ok and "NoPermissionsInAccessToken" in out and "grant the app the Mail.Send application permission" in out,
+           "a token with no permission: bounced with the fix", out)
+    text = b"From: app@gsend.test\r\nTo: r@y.test\r\nSubject: big no rw\r\n\r\n" + (b"z" * 998 + b"\r\n") * 4000
+    qid = send("app@gsend.test", ["r@y.test"], text)
+    ok = settled(qid, "bounced", 30)
+    out = show(qid)
+    tap.ok(ok and "ErrorAccessDenied" in out and "needs Mail.ReadWrite" in out and "or set large_messages to reject" in out,
+           "a 4 MB message without Mail.ReadWrite: bounced, naming Mail.ReadWrite", out)
+
+
 def too_large_at_graph():
     # Graph's request limit is not documented; a 413 to a small request
     # sends the message again by draft and upload session.
@@ -419,10 +441,23 @@ def doctor():
     out = p.stdout.decode() + p.stderr.decode()
     outputs.append(out)
     tap.ok(p.returncode == 0 and re.search(r"ok\s+token\s+client_credentials grant from .*/test-tenant/oauth2/v2\.0/token", out)
-           and "permissions in the token: Mail.Send User.Read.All" in out
-           and re.search(r"warn\s+permission\s+Mail.Send but no Mail.ReadWrite", out)
-           and "relay@contoso.test exists" in out and "result: ok, with warnings" in out,
-           "doctor g: token with its roles, a warning for the missing Mail.ReadWrite, mailbox found", out)
+           and "permissions in the token: Mail.Send Mail.ReadWrite User.Read.All" in out
+           and re.search(r"ok\s+permission\s+Mail.Send and Mail.ReadWrite", out)
+           and "relay@contoso.test exists" in out and "result: ok" in out,
+           "doctor g: token with its roles, permissions, mailbox found, ok", out)
+    p = gw.run("doctor", "gsend", timeout=60)
+    out = p.stdout.decode() + p.stderr.decode()
+    outputs.append(out)
+    tap.ok(p.returncode == 0 and re.search(r"warn\s+permission\s+Mail.Send but no Mail.ReadWrite", out)
+           and re.search(r"warn\s+mailbox\s+GET /users/relay@contoso.test answered 403", out)
+           and "result: ok, with warnings" in out,
+           "doctor gsend: warnings for the missing Mail.ReadWrite and for not reading users", out)
+    p = gw.run("doctor", "gnone", timeout=60)
+    out = p.stdout.decode() + p.stderr.decode()
+    outputs.append(out)
+    tap.ok(p.returncode != 0 and re.search(r"FAIL\s+permission\s+the token has no Mail.Send: grant the app", out)
+           and "result: FAILED" in out,
+           "doctor gnone: the token without Mail.Send fails with the fix", out)
     p = gw.run("doctor", "gdis", timeout=60)
     out = p.stdout.decode() + p.stderr.decode()
     outputs.append(out)
@@ -541,7 +576,7 @@ def finish():
     leaked = [t for t in st["issued_tokens"] if t in text]
     tap.ok(st["issued_tokens"] and not leaked, "no issued token (%d) in the serve log, queue show or doctor"
            % len(st["issued_tokens"]), leaked)
-    tap.ok(SECRET not in text, "no client secret in the serve log, queue show or doctor")
+    tap.ok(SECRET not in text and SECRET2 not in text, "no client secret in the serve log, queue show or doctor")
     tap.ok(st["upload_tokens"] and not [t for t in st["upload_tokens"] if t in text],
            "no upload URL authtoken (%d) in the serve log, queue show, doctor or send --test" % len(st["upload_tokens"]))
     mock_self_check()
@@ -560,6 +595,7 @@ try:
     section("concurrency", concurrency)
     section("401", unauthorized_once)
     section("refusals", refusals)
+    section("permissions", permissions)
     section("413", too_large_at_graph)
     section("from-envelope", from_envelope)
     section("unreachable", unreachable)

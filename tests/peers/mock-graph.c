@@ -6,6 +6,9 @@
  *
  * Usage: mock-graph --client-id ID --secret-env VAR [--mailbox UPN]...
  *                   [--disabled-mailbox UPN]... [--spool DIR] [--roles R]
+ *                   [--extra-client ID:VAR:ROLES]...
+ * With --roles the IdP issues JWT-shaped tokens carrying those roles, and
+ * the mock checks them as Graph does (mock_permitted()).
  * Prints one JSON line on stdout: {"graph": ".../v1.0", "authority": ...,
  * "tenant": "test-tenant", "token_endpoint": ...}; runs until SIGTERM.
  *
@@ -955,6 +958,75 @@ mock_api (SoupServerMessage *msg,
   (void) method;
 }
 
+/* mock_token_roles - the "roles" of a JWT-shaped token, NULL for an opaque one */
+static GStrv
+mock_token_roles (const char *token)
+{
+  const char *dot = strchr (token, '.');
+  const char *dot2 = dot != NULL ? strchr (dot + 1, '.') : NULL;
+  g_autofree char *part = NULL;
+  g_autofree guchar *json = NULL;
+  g_autoptr(JsonParser) parser = json_parser_new ();
+  GStrvBuilder *b;
+  JsonObject *claims;
+  JsonArray *roles;
+  GStrv out;
+  gsize len = 0;
+
+  if (dot2 == NULL)
+    return NULL;
+  part = g_strndup (dot + 1, (gsize) (dot2 - dot - 1));
+  g_strdelimit (part, "-", '+');
+  g_strdelimit (part, "_", '/');
+  while (strlen (part) % 4 != 0)
+    {
+      char *padded = g_strconcat (part, "=", NULL);
+
+      g_free (part);
+      part = padded;
+    }
+  json = g_base64_decode (part, &len);
+  if (!json_parser_load_from_data (parser, (const char *) json, (gssize) len, NULL)
+      || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
+    return NULL;
+  claims = json_node_get_object (json_parser_get_root (parser));
+  roles = json_object_has_member (claims, "roles") ? json_object_get_array_member (claims, "roles") : NULL;
+  b = g_strv_builder_new ();
+  for (guint i = 0; roles != NULL && i < json_array_get_length (roles); i++)
+    g_strv_builder_add (b, json_array_get_string_element (roles, i));
+  out = g_strv_builder_end (b);
+  g_strv_builder_unref (b);
+  return out;
+}
+
+/* mock_permitted - Graph's permission check for tokens that carry roles:
+ * sendMail needs Mail.Send; drafts and attachments Mail.ReadWrite too;
+ * GET /users/{id} User.Read.All.  Opaque tokens may do everything. */
+static gboolean
+mock_permitted (SoupServerMessage *msg,
+                const char        *token,
+                const char        *kind)
+{
+  g_auto(GStrv) roles = mock_token_roles (token);
+  const char *need = NULL;
+
+  if (roles == NULL)
+    return TRUE;
+  if (strcmp (kind, "user") == 0)
+    need = "User.Read.All";
+  else if (!g_strv_contains ((const char *const *) roles, "Mail.Send"))
+    need = "Mail.Send";
+  else if (strcmp (kind, "sendMail") != 0)
+    need = "Mail.ReadWrite";
+  if (need == NULL || g_strv_contains ((const char *const *) roles, need))
+    return TRUE;
+  if (roles[0] == NULL)
+    mock_graph_error (msg, 403, "NoPermissionsInAccessToken", "The token contains no permissions, or permissions can not be understood.");
+  else
+    mock_graph_error (msg, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.");
+  return FALSE;
+}
+
 /* mock_kind - which Graph call a request is, or NULL */
 static const char *
 mock_kind (const char *method,
@@ -1070,6 +1142,8 @@ mock_process (SoupServerMessage *msg,
       mock_inject_free (inject);
       return;
     }
+  if (!mock_permitted (msg, auth + 7, kind))
+    return;
   mock_api (msg, method, seg, n, body, kind);
 }
 
@@ -1246,6 +1320,7 @@ main (int    argc,
 {
   g_autofree char *secret_env = NULL;
   g_autofree char *roles = NULL;
+  g_auto(GStrv) extra = NULL;
   g_auto(GStrv) mailboxes = NULL;
   g_auto(GStrv) disabled = NULL;
   g_autoptr(GError) error = NULL;
@@ -1257,6 +1332,7 @@ main (int    argc,
     { "disabled-mailbox", 0, 0, G_OPTION_ARG_STRING_ARRAY, &disabled, "a mailbox not enabled for REST (repeat)", "UPN" },
     { "spool", 0, 0, G_OPTION_ARG_FILENAME, &mock.spool, "directory for received MIME and uploads", "DIR" },
     { "roles", 0, 0, G_OPTION_ARG_STRING, &roles, "issue JWT-shaped tokens with these roles", "\"Mail.Send ...\"" },
+    { "extra-client", 0, 0, G_OPTION_ARG_STRING_ARRAY, &extra, "another client, its secret's variable and its roles (repeat)", "ID:VAR:ROLES" },
     { NULL }
   };
   g_autoptr(GMainLoop) loop = g_main_loop_new (NULL, FALSE);
@@ -1298,6 +1374,18 @@ main (int    argc,
   oauth2_idp_add_secret_client (mock.idp, mock.client_id, secret);
   if (roles != NULL)
     oauth2_idp_set_token_roles (mock.idp, mock.client_id, roles);
+  for (guint i = 0; extra != NULL && extra[i] != NULL; i++)
+    {
+      g_auto(GStrv) f = g_strsplit (extra[i], ":", 3);
+
+      if (g_strv_length (f) != 3 || g_getenv (f[1]) == NULL)
+        {
+          g_printerr ("mock-graph: --extra-client %s: want ID:VAR:ROLES with VAR set\n", extra[i]);
+          return 2;
+        }
+      oauth2_idp_add_secret_client (mock.idp, f[0], g_getenv (f[1]));
+      oauth2_idp_set_token_roles (mock.idp, f[0], f[2]);
+    }
 
   mock.server = soup_server_new ("server-header", "mock-graph", NULL);
   soup_server_add_handler (mock.server, NULL, mock_handler, NULL, NULL);

@@ -455,6 +455,21 @@ graph_outcome_from_response (GraphAttempt          *a,
                          "and that the token is for %s", said, self->graph_url);
       return;
     }
+  if (g_strcmp0 (code, "ErrorAccessDenied") == 0 && strcmp (what, "sendMail") != 0)
+    {
+      graph_outcome_set (out, PMX_FAILURE_PERMANENT, s, "5.7.1",
+                         "%s — messages over one request are sent as a draft, which needs Mail.ReadWrite: grant "
+                         "the app the Mail.ReadWrite application permission for mailbox %s, or set large_messages "
+                         "to reject", said, a->mailbox);
+      return;
+    }
+  if (g_strcmp0 (code, "NoPermissionsInAccessToken") == 0)
+    {
+      graph_outcome_set (out, PMX_FAILURE_PERMANENT, s, "5.7.1",
+                         "%s — the token carries no permission: grant the app the Mail.Send application "
+                         "permission with admin consent", said);
+      return;
+    }
   if (g_strcmp0 (code, "ErrorAccessDenied") == 0)
     {
       graph_outcome_set (out, PMX_FAILURE_PERMANENT, s, "5.7.1",
