@@ -1175,6 +1175,8 @@ graph_check_token (PmxTransport *self,
     }
   else if (claims != NULL && json_object_has_member (claims, "scp"))
     roles = g_strdup (json_object_get_string_member_with_default (claims, "scp", ""));
+  if (roles != NULL && roles[0] == '\0')
+    g_clear_pointer (&roles, g_free);
 
   pmx_report_add (report, PMX_CHECK_OK, "token",
                   "%s grant from %s (client %s): access token valid until %s; %s%s",
@@ -1266,10 +1268,13 @@ graph_check (PmxTransport *self,
   else if (r.status == 404 || g_strcmp0 (code, "MailboxNotEnabledForRESTAPI") == 0)
     {
       pmx_report_add (report, PMX_CHECK_FAIL, "mailbox",
-                      "GET /users/%s answered %u %s%s%s%s: no such mailbox in the tenant — set mailbox to the "
-                      "user id or user principal name of a licensed Exchange Online mailbox", self->mailbox,
+                      "GET /users/%s answered %u %s%s%s%s: %s — set mailbox to the user id or user principal "
+                      "name of a licensed Exchange Online mailbox", self->mailbox,
                       r.status, code != NULL ? code : "", message != NULL ? " (" : "", message != NULL ? message : "",
-                      message != NULL ? ")" : "");
+                      message != NULL ? ")" : "",
+                      g_strcmp0 (code, "MailboxNotEnabledForRESTAPI") == 0
+                        ? "the mailbox cannot use Graph (inactive, unlicensed, soft-deleted or on-premises)"
+                        : "no such mailbox in the tenant");
       ok = FALSE;
     }
   else
