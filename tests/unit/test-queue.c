@@ -900,6 +900,55 @@ test_complete_final_states (Fixture       *fx,
   g_assert_cmpint (rcpt (mb, 1)->state, ==, PMX_RCPT_STATE_EXPIRED);
 }
 
+/* covers_all: the state comes from the attempt's outcomes, without
+ * reading the recipients back, and must be the same as the derived one. */
+static void
+test_complete_covers_all (Fixture       *fx,
+                          gconstpointer  data)
+{
+  const char *const two[] = { "r1@example.net", "r2@example.net", NULL };
+  static const struct {
+    PmxRcptState first, second;
+    PmxMsgState  want;
+  } cases[] = {
+    { PMX_RCPT_STATE_DELIVERED, PMX_RCPT_STATE_DELIVERED, PMX_MSG_DELIVERED },
+    { PMX_RCPT_STATE_DELIVERED, PMX_RCPT_STATE_BOUNCED,   PMX_MSG_BOUNCED },
+    { PMX_RCPT_STATE_DELIVERED, PMX_RCPT_STATE_EXPIRED,   PMX_MSG_EXPIRED },
+    { PMX_RCPT_STATE_BOUNCED,   PMX_RCPT_STATE_DEFERRED,  PMX_MSG_DEFERRED },
+  };
+
+  for (gsize c = 0; c < G_N_ELEMENTS (cases); c++)
+    for (int covers = 0; covers <= 1; covers++)
+      {
+        g_autofree char *id = submit (fx->queue, "local", NULL, two, NULL);
+        g_autoptr (PmxQueueMessage) before = get (fx->queue, id);
+        g_autoptr (PmxQueueMessage) msg = NULL;
+        g_autoptr (GPtrArray) leased = lease (fx->queue, G_MAXINT64, 10, "w", G_MAXINT64);
+        const PmxAttemptRecipient outcomes[] = {
+          { "r1@example.net", cases[c].first, 250, NULL, NULL },
+          { "r2@example.net", cases[c].second, 451, NULL, NULL },
+        };
+        PmxAttempt attempt = {
+          .transport = "t", .recipients = outcomes, .n_recipients = 2, .summary = "s",
+          .next_attempt = 4242, .covers_all = covers,
+        };
+        g_autoptr (GError) error = NULL;
+
+        g_assert_cmpuint (leased->len, ==, 1);
+        g_assert_true (pmx_queue_complete (fx->queue, id, &attempt, &error));
+        g_assert_no_error (error);
+        msg = get (fx->queue, id);
+        g_assert_cmpint (msg->state, ==, cases[c].want);
+        g_assert_cmpuint (msg->attempts, ==, 1);
+        /* A deferred message is due at the attempt's next_attempt; a
+         * final one keeps the one it had. */
+        g_assert_cmpint (msg->next_attempt, ==,
+                         cases[c].want == PMX_MSG_DEFERRED ? 4242 : before->next_attempt);
+        if (cases[c].want == PMX_MSG_DEFERRED)
+          g_assert_true (pmx_queue_delete (fx->queue, id, NULL));
+      }
+}
+
 static void
 test_complete_errors (Fixture       *fx,
                       gconstpointer  data)
@@ -1472,6 +1521,7 @@ main (int    argc,
   ADD ("/queue/lease/never-leases-a-message-twice", test_lease_not_twice);
   ADD ("/queue/complete/mixed-outcomes-then-final", test_complete_mixed);
   ADD ("/queue/complete/delivered-and-expired-states", test_complete_final_states);
+  ADD ("/queue/complete/covers-all-derives-the-same-state", test_complete_covers_all);
   ADD ("/queue/complete/unknown-id-or-recipient-changes-nothing", test_complete_errors);
   ADD ("/queue/complete/async-calls-back-after-the-commit", test_complete_async);
   ADD ("/queue/complete/async-close-commits-what-is-pending", test_complete_async_close_flushes);
