@@ -131,7 +131,7 @@ typedef struct {
   char              *mailbox_path;    /* {graph_url}/users/{mailbox, escaped} */
   char              *token;           /* pmx_secret_free() */
   gboolean           refreshed;       /* a 401 already made us refresh once */
-  GString           *transcript;      /* requests and statuses; no token, no upload URL */
+  GString           *transcript;      /* NULL unless the host wants one; no token, no upload URL */
 } GraphAttempt;
 
 /* graph_outcome_set - fill @out, replacing what it held */
@@ -526,6 +526,8 @@ graph_note (GraphAttempt *a,
   const char *graph_url = a->session->transport->graph_url;
   const char *shown = g_str_has_prefix (url, graph_url) ? url + strlen (graph_url) : "<upload URL>";
 
+  if (a->transcript == NULL)
+    return;  /* only `postmux send --test` reads one */
   g_string_append_printf (a->transcript, "%s %s (%s%s%" G_GSIZE_FORMAT " bytes) -> ", method, shown,
                           detail != NULL ? detail : "", detail != NULL ? ", " : "", body_len);
   if (status > 0)
@@ -1069,7 +1071,7 @@ graph_send (PmxSession        *session,
 
   a.session = session;
   a.envelope = envelope;
-  a.transcript = g_string_new (NULL);
+  a.transcript = pmx_result_wants_transcript (result) ? g_string_new (NULL) : NULL;
   a.mailbox = graph_mailbox_for (self, envelope, &out);
   if (a.mailbox == NULL)
     goto done;
@@ -1099,9 +1101,11 @@ graph_send (PmxSession        *session,
 done:
   graph_apply (&out, result);
 cleanup:
-  if (a.transcript->len > 0)
-    pmx_result_set_transcript (result, a.transcript->str);
-  g_string_free (a.transcript, TRUE);
+  if (a.transcript != NULL)
+    {
+      pmx_result_set_transcript (result, a.transcript->str);
+      g_string_free (a.transcript, TRUE);
+    }
   g_free (out.text);
   g_free (a.mailbox_path);
   pmx_secret_free (a.token);
