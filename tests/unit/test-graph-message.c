@@ -96,6 +96,11 @@ static const RewriteCase rewrite_cases[] = {
     "From: a@x.test\r\nTo: undisclosed-recipients:;\r\nCC: team: ann@y.test, bob@y.test;\r\n\r\nbody\r\n",
     { "bob@y.test", NULL },
     "From: a@x.test\r\nCc: bob@y.test\r\n\r\nbody\r\n" },
+  /* Found by fuzz-graph: all header, the last line without its CRLF. */
+  { "/graph-message/rewrite/header-without-line-end",
+    "From: a@x.test\r\nSubject: s",
+    { "zed@y.test", NULL },
+    "From: a@x.test\r\nSubject: s\r\nBcc: zed@y.test\r\n" },
   { "/graph-message/rewrite/same-address-in-to-and-cc-once",
     "From: a@x.test\r\nTo: ann@y.test\r\nCc: Ann <ANN@y.test>\r\n\r\nbody\r\n",
     { "ann@y.test", "bob@y.test", NULL },

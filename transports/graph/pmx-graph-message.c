@@ -270,6 +270,10 @@ graph_message_rewrite_recipients (GraphMessage      *self,
     }
   if (!inserted)
     {
+      /* A last header line without its line end (a message that is all
+       * header) must not run into the new field. */
+      if (out->len > 0 && out->data[out->len - 1] != '\n')
+        g_byte_array_append (out, (const guint8 *) "\r\n", 2);
       message_append_field (out, "To", to);
       message_append_field (out, "Cc", cc);
       message_append_field (out, "Bcc", bcc);
