@@ -6,8 +6,9 @@
  * The invariant that matters: the copy made by
  * graph_message_rewrite_recipients() names exactly this attempt's envelope
  * in To/Cc/Bcc when GMime reads it back (who Graph would deliver to), and
- * the bytes after the header block are unchanged.  The conversion to a
- * Graph message resource must not crash either.  Fails by aborting.
+ * the bytes after the header block are unchanged.  The Graph message
+ * resource (and each attachment's) serializes to valid UTF-8 JSON.  Fails
+ * by aborting.
  *
  * The input is first made what the queue hands a transport (the ABI:
  * CRLF line ends, no bare CR or LF — the listener refuses them — and no
@@ -99,6 +100,24 @@ LLVMFuzzerTestOneInput (const uint8_t *raw,
   if (m == NULL)
     return 0;
   json = graph_message_to_json (m, &e, "a@x.test", &attachments);
+  {
+    g_autoptr(JsonNode) node = json_node_new (JSON_NODE_OBJECT);
+    g_autofree char *text = NULL;
+
+    json_node_set_object (node, json);
+    text = json_to_string (node, FALSE);
+    g_assert_true (g_utf8_validate (text, -1, NULL));
+    for (guint i = 0; i < attachments->len; i++)
+      {
+        g_autoptr(JsonObject) a = graph_attachment_to_json (g_ptr_array_index (attachments, i));
+        g_autoptr(JsonNode) an = json_node_new (JSON_NODE_OBJECT);
+        g_autofree char *at = NULL;
+
+        json_node_set_object (an, a);
+        at = json_to_string (an, FALSE);
+        g_assert_true (g_utf8_validate (at, -1, NULL));
+      }
+  }
   copy = graph_message_rewrite_recipients (m, data, size, &e);
   again = graph_message_parse (g_bytes_get_data (copy, NULL), g_bytes_get_size (copy), &e);
   g_assert_nonnull (again);

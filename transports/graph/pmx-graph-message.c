@@ -282,6 +282,23 @@ graph_message_rewrite_recipients (GraphMessage      *self,
   return g_byte_array_free_to_bytes (out);
 }
 
+/* message_set_text - a string member, made valid UTF-8 (a header's 8-bit
+ * bytes in an unknown charset would otherwise make the JSON invalid) */
+static void
+message_set_text (JsonObject *o,
+                  const char *member,
+                  const char *value)
+{
+  if (g_utf8_validate (value, -1, NULL))
+    json_object_set_string_member (o, member, value);
+  else
+    {
+      g_autofree char *valid = g_utf8_make_valid (value, -1);
+
+      json_object_set_string_member (o, member, valid);
+    }
+}
+
 /* message_recipient_json - {"emailAddress": {"address", "name"?}} */
 static JsonNode *
 message_recipient_json (const char *address,
@@ -291,9 +308,9 @@ message_recipient_json (const char *address,
   JsonObject *rcpt = json_object_new ();
   JsonNode *node = json_node_new (JSON_NODE_OBJECT);
 
-  json_object_set_string_member (email, "address", address);
+  message_set_text (email, "address", address);
   if (name != NULL && name[0] != '\0')
-    json_object_set_string_member (email, "name", name);
+    message_set_text (email, "name", name);
   json_object_set_object_member (rcpt, "emailAddress", email);
   json_node_take_object (node, rcpt);
   return node;
@@ -439,8 +456,8 @@ message_x_headers (GMimeMessage *message)
       if (array == NULL)
         array = json_array_new ();
       h = json_object_new ();
-      json_object_set_string_member (h, "name", name);
-      json_object_set_string_member (h, "value", v);
+      message_set_text (h, "name", name);
+      message_set_text (h, "value", v);
       json_array_add_object_element (array, h);
     }
   return array;
@@ -467,9 +484,9 @@ graph_message_to_json (GraphMessage      *self,
   message_split (self->message, envelope, to, cc, bcc);
   g_mime_message_foreach (self->message, message_walk_part, &walk);
 
-  json_object_set_string_member (o, "subject", subject != NULL ? subject : "");
+  message_set_text (o, "subject", subject != NULL ? subject : "");
   json_object_set_string_member (body, "contentType", walk.html != NULL ? "html" : "text");
-  json_object_set_string_member (body, "content", walk.html != NULL ? walk.html : walk.text != NULL ? walk.text : "");
+  message_set_text (body, "content", walk.html != NULL ? walk.html : walk.text != NULL ? walk.text : "");
   json_object_set_object_member (o, "body", body);
   if ((array = message_recipients_json (to)) != NULL)
     json_object_set_array_member (o, "toRecipients", array);
@@ -508,11 +525,11 @@ graph_attachment_to_json (const GraphAttachment *attachment)
   g_autofree char *b64 = g_base64_encode (data != NULL ? data : (const guint8 *) "", len);
 
   json_object_set_string_member (o, "@odata.type", "#microsoft.graph.fileAttachment");
-  json_object_set_string_member (o, "name", attachment->name);
-  json_object_set_string_member (o, "contentType", attachment->content_type);
+  message_set_text (o, "name", attachment->name);
+  message_set_text (o, "contentType", attachment->content_type);
   json_object_set_string_member (o, "contentBytes", b64);
   json_object_set_boolean_member (o, "isInline", attachment->is_inline);
   if (attachment->content_id != NULL)
-    json_object_set_string_member (o, "contentId", attachment->content_id);
+    message_set_text (o, "contentId", attachment->content_id);
   return o;
 }
