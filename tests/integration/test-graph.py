@@ -266,6 +266,26 @@ def big_attachment():
            "every PUT but the last answered 200, the last 201")
 
 
+def draft_cleanup():
+    # The upload session cannot be made (503): the half-built draft is
+    # deleted, the message deferred, and the retry builds a new one.
+    blob = os.urandom(3500000)
+    text = crlf("From: app@g.test\nTo: d@y.test\nSubject: cleanup\nMIME-Version: 1.0\n"
+                "Content-Type: multipart/mixed; boundary=\"c\"\n\n--c\nContent-Type: text/plain\n\nsee attached\n"
+                "--c\nContent-Type: application/octet-stream\nContent-Disposition: attachment; filename=\"c.bin\"\n"
+                "Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(blob).decode() + "--c--\n")
+    before = mock.state()["deletes"]
+    mock.inject(status=503, code="ServiceUnavailable", message="try later", after=1)
+    qid = send("app@g.test", ["d@y.test"], text)
+    ok = settled(qid, "delivered", 60)
+    st = mock.state()
+    got = mock.messages("cleanup")
+    tap.ok(ok and [(m["form"], [(a["name"], a["size"], a["sha256"]) for a in m["attachments"]]) for m in got]
+           == [("draft", [("c.bin", len(blob), hashlib.sha256(blob).hexdigest())])],
+           "a 503 during the upload path: delivered once on the retry, attachment intact", show(qid))
+    tap.eq((st["deletes"] - before, st["drafts_left"]), (1, 0), "the half-built draft was deleted, none is left")
+
+
 def throttled():
     mock.inject(status=429, code="ApplicationThrottled", message="Application is over its MailboxConcurrency limit.",
                 retry_after=2)
@@ -591,6 +611,7 @@ try:
     section("envelope", envelope_semantics)
     section("bounce-retry", bounce_then_retry)
     section("big", big_attachment)
+    section("draft-cleanup", draft_cleanup)
     section("throttled", throttled)
     section("concurrency", concurrency)
     section("401", unauthorized_once)
