@@ -1074,30 +1074,9 @@ queue_do_complete (QueueConn    *conn,
   return TRUE;
 }
 
-/* queue_do_unlease - inflight back to the state it was leased from */
-static gboolean
-queue_do_unlease (QueueConn    *conn,
-                  QueueRequest *req,
-                  GError      **error)
-{
-  g_auto (QueueStmt) stmt = NULL;
-  PmxMsgState state;
-
-  if (!queue_message_state (conn, req->id, &state, NULL, error))
-    return FALSE;
-  if (state != PMX_MSG_INFLIGHT)
-    return TRUE;   /* lease already returned (expired and released): nothing to undo */
-
-  stmt = queue_prepare (conn,
-      "UPDATE messages SET state = COALESCE(prev_state, 'queued'), prev_state = NULL, "
-      "lease_owner = NULL, lease_until = NULL WHERE id = ?1", error);
-  if (stmt == NULL)
-    return FALSE;
-  queue_bind_text (stmt, 1, req->id);
-  return queue_step (conn, stmt, "returning a lease", NULL, error);
-}
-
-/* queue_do_postpone - a lease returned untried, due no earlier than req->until */
+/* queue_do_postpone - a lease returned untried: inflight back to the state
+ * it was leased from, due no earlier than req->until (UNLEASE: 0, the same
+ * next attempt) */
 static gboolean
 queue_do_postpone (QueueConn    *conn,
                    QueueRequest *req,
@@ -1109,7 +1088,7 @@ queue_do_postpone (QueueConn    *conn,
   if (!queue_message_state (conn, req->id, &state, NULL, error))
     return FALSE;
   if (state != PMX_MSG_INFLIGHT)
-    return TRUE;
+    return TRUE;   /* lease already returned (expired and released): nothing to undo */
 
   stmt = queue_prepare (conn,
       "UPDATE messages SET state = COALESCE(prev_state, 'queued'), prev_state = NULL, "
@@ -1118,7 +1097,7 @@ queue_do_postpone (QueueConn    *conn,
     return FALSE;
   queue_bind_text (stmt, 1, req->id);
   sqlite3_bind_int64 (stmt, 2, req->until);
-  return queue_step (conn, stmt, "postponing a message", NULL, error);
+  return queue_step (conn, stmt, "returning a lease", NULL, error);
 }
 
 /* queue_do_retry - failed and deferred recipients back to queued, due now */
@@ -1249,7 +1228,7 @@ queue_do_request (QueueConn    *conn,
     case QUEUE_OP_LEASE:       return queue_do_lease (conn, req, error);
     case QUEUE_OP_RELEASE:     return queue_do_release (conn, req, error);
     case QUEUE_OP_COMPLETE:    return queue_do_complete (conn, req, error);
-    case QUEUE_OP_UNLEASE:     return queue_do_unlease (conn, req, error);
+    case QUEUE_OP_UNLEASE:
     case QUEUE_OP_POSTPONE:    return queue_do_postpone (conn, req, error);
     case QUEUE_OP_RETRY:       return queue_do_retry (conn, req, error);
     case QUEUE_OP_DELETE:      return queue_do_delete (conn, req, error);

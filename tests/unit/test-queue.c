@@ -1249,6 +1249,43 @@ test_unlease (Fixture       *fx,
   g_assert_error (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_NOT_FOUND);
 }
 
+/* A paused transport's message goes back untried: previous state, no
+ * attempt counted, due no earlier than the pause's end (a later due time
+ * it already had is kept). */
+static void
+test_postpone (Fixture       *fx,
+               gconstpointer  data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *a = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autofree char *b = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autoptr (PmxQueueMessage) ma = NULL;
+  g_autoptr (PmxQueueMessage) mb = NULL;
+  g_autoptr (GPtrArray) none = NULL;
+  gint64 later = g_get_real_time () + (gint64) 3600 * G_USEC_PER_SEC;
+  gint64 latest = later + (gint64) 3600 * G_USEC_PER_SEC;
+
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 1, "w", G_MAXINT64));
+  complete_all (fx->queue, a, one_rcpt, PMX_RCPT_STATE_DEFERRED, latest, 100);
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 2, "w", G_MAXINT64));
+
+  g_assert_true (pmx_queue_postpone (fx->queue, a, later, &error));
+  g_assert_true (pmx_queue_postpone (fx->queue, b, later, &error));
+  g_assert_no_error (error);
+  ma = get (fx->queue, a);
+  mb = get (fx->queue, b);
+  g_assert_cmpint (ma->state, ==, PMX_MSG_DEFERRED);
+  g_assert_cmpint (ma->next_attempt, ==, latest);
+  g_assert_cmpuint (ma->attempts, ==, 1);
+  g_assert_cmpint (mb->state, ==, PMX_MSG_QUEUED);
+  g_assert_cmpint (mb->next_attempt, ==, later);
+  g_assert_cmpuint (mb->attempts, ==, 0);
+
+  none = lease (fx->queue, later - 1, 10, "w", G_MAXINT64);
+  g_assert_cmpuint (none->len, ==, 0);
+  g_assert_cmpint (pmx_queue_next_due (fx->queue, NULL), ==, later);
+}
+
 /* ---- admin ---- */
 
 static void
@@ -1528,6 +1565,7 @@ main (int    argc,
   ADD ("/queue/complete/async-errors-reach-the-callback", test_complete_async_errors);
   ADD ("/queue/release/owners-and-expired-leases-only", test_release_leases);
   ADD ("/queue/unlease/restores-previous-state", test_unlease);
+  ADD ("/queue/release/postpone-untried", test_postpone);
   ADD ("/queue/admin/retry-delete-purge-count-list", test_admin);
   ADD ("/queue/close/refuses-writes-after-shutdown", test_closed_refuses_writes);
   ADD ("/queue/batch/requests-share-one-commit", test_batch_shares_one_commit);

@@ -60,7 +60,7 @@
   \"required\": [\"credential\", \"mailbox\"], \
   \"properties\": { \
     \"credential\": { \"type\": \"object\", \
-      \"description\": \"the OAuth2 credential: kind microsoft, tenant, client_id, client_secret or certificate + private_key (client credentials), or a delegated refresh_token\" }, \
+      \"description\": \"the OAuth2 credential: kind microsoft, tenant, client_id, and client_secret or certificate + private_key (client credentials), or a delegated refresh_token; scopes default to {graph host}/.default\" }, \
     \"mailbox\": { \"type\": \"string\", \"minLength\": 1, \
       \"description\": \"the user id or user principal name to send as, or from_envelope: the envelope sender, when allowed_senders lists it\" }, \
     \"allowed_senders\": { \"type\": \"array\", \"items\": { \"type\": \"string\", \"minLength\": 2 }, \
@@ -68,9 +68,9 @@
     \"save_to_sent_items\": { \"type\": \"boolean\", \"default\": false, \
       \"description\": \"keep a copy in the mailbox's Sent Items (json mode: Graph saves MIME sends and uploaded drafts there regardless)\" }, \
     \"mode\": { \"enum\": [\"mime\", \"json\"], \"default\": \"mime\", \
-      \"description\": \"mime: the original message as base64 MIME; json: converted to a Graph message resource\" }, \
+      \"description\": \"mime: the original message as base64 MIME; json: converted to a Graph message resource (subject, text or HTML body, attachments, reply-to, importance, at most five X- headers; other headers are lost)\" }, \
     \"large_messages\": { \"enum\": [\"upload\", \"reject\"], \"default\": \"upload\", \
-      \"description\": \"messages over one request (~4 MB): upload (draft and upload sessions, needs Mail.ReadWrite) or reject (bounce)\" }, \
+      \"description\": \"messages over one request (4 MiB as base64, or one Graph answered 413): upload (draft and upload sessions, needs Mail.ReadWrite) or reject (bounce with the size)\" }, \
     \"max_message_size\": { \"type\": \"integer\", \"minimum\": 1, \"maximum\": 157286400, \"default\": 36700160, \
       \"description\": \"the tenant's message size limit in bytes (Exchange Online default 35 MB, at most 150 MB)\" }, \
     \"graph_url\": { \"type\": \"string\", \"minLength\": 1, \"default\": \"https://graph.microsoft.com/v1.0\", \
