@@ -28,6 +28,7 @@ typedef struct {
   guint         error_status;
   char         *error_body;
   guint         requests;
+  char         *token_roles;     /* set: access tokens are JWT-shaped with these roles */
 } IdpClient;
 
 struct _OAuth2Idp {
@@ -68,6 +69,7 @@ idp_client_free (gpointer data)
   g_free (client->allowed_subject);
   g_free (client->allowed_scopes);
   g_free (client->error_body);
+  g_free (client->token_roles);
   g_free (client);
 }
 
@@ -277,11 +279,55 @@ idp_find_client_locked (OAuth2Idp *idp, const char *client_id)
   return client;
 }
 
+/* idp_access_token - a random token, or a JWT-shaped one (unsigned:
+ * "alg":"none") carrying the client's roles as an app-only Entra token
+ * does, when oauth2_idp_set_token_roles() was called */
+static char *
+idp_access_token (OAuth2Idp *idp, const char *client_id)
+{
+  g_autofree char *roles = NULL;
+  g_autoptr(JsonBuilder) builder = NULL;
+  g_autoptr(JsonNode) root = NULL;
+  g_autofree char *claims = NULL;
+  g_autofree char *random = idp_random_token ();
+  g_autofree char *header = NULL;
+  g_autofree char *payload = NULL;
+  g_auto(GStrv) names = NULL;
+  IdpClient *client;
+
+  g_mutex_lock (&idp->lock);
+  client = client_id != NULL ? g_hash_table_lookup (idp->clients, client_id) : NULL;
+  roles = client != NULL ? g_strdup (client->token_roles) : NULL;
+  g_mutex_unlock (&idp->lock);
+  if (roles == NULL)
+    return g_steal_pointer (&random);
+
+  builder = json_builder_new ();
+  json_builder_begin_object (builder);
+  json_builder_set_member_name (builder, "appid");
+  json_builder_add_string_value (builder, client_id);
+  json_builder_set_member_name (builder, "exp");
+  json_builder_add_int_value (builder, g_get_real_time () / G_USEC_PER_SEC + 3600);
+  json_builder_set_member_name (builder, "roles");
+  json_builder_begin_array (builder);
+  names = g_strsplit (roles, " ", -1);
+  for (guint i = 0; names[i] != NULL; i++)
+    if (names[i][0] != '\0')
+      json_builder_add_string_value (builder, names[i]);
+  json_builder_end_array (builder);
+  json_builder_end_object (builder);
+  root = json_builder_get_root (builder);
+  claims = json_to_string (root, FALSE);
+  header = idp_b64url ((const guint8 *) "{\"alg\":\"none\",\"typ\":\"JWT\"}", strlen ("{\"alg\":\"none\",\"typ\":\"JWT\"}"));
+  payload = idp_b64url ((const guint8 *) claims, strlen (claims));
+  return g_strdup_printf ("%s.%s.%s", header, payload, random);
+}
+
 /* idp_issue - answer with a new access token (and a rotated refresh token) */
 static void
 idp_issue (OAuth2Idp *idp, SoupServerMessage *msg, const char *client_id, const char *scope, gboolean with_refresh)
 {
-  g_autofree char *access = idp_random_token ();
+  g_autofree char *access = idp_access_token (idp, client_id);
   g_autofree char *refresh = with_refresh ? idp_random_token () : NULL;
   g_autoptr(JsonBuilder) builder = json_builder_new ();
   g_autoptr(JsonNode) root = NULL;
@@ -836,6 +882,19 @@ oauth2_idp_set_error (OAuth2Idp *idp, const char *client_id, guint status, const
   client->error_status = status;
   g_free (client->error_body);
   client->error_body = g_strdup (json_body);
+  g_mutex_unlock (&idp->lock);
+}
+
+void
+oauth2_idp_set_token_roles (OAuth2Idp *idp, const char *client_id, const char *roles)
+{
+  IdpClient *client;
+
+  g_mutex_lock (&idp->lock);
+  client = g_hash_table_lookup (idp->clients, client_id);
+  g_assert_nonnull (client);
+  g_free (client->token_roles);
+  client->token_roles = g_strdup (roles);
   g_mutex_unlock (&idp->lock);
 }
 

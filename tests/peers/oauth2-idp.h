@@ -48,6 +48,10 @@ void  oauth2_idp_revoke_access_token (OAuth2Idp *idp, const char *token);
 void  oauth2_idp_set_mode       (OAuth2Idp *idp, const char *client_id, OAuth2IdpMode mode);
 void  oauth2_idp_set_error      (OAuth2Idp *idp, const char *client_id, guint status, const char *json_body);
 void  oauth2_idp_set_expires_in (OAuth2Idp *idp, gint64 expires_in);
+/* From now on @client_id's access tokens are JWT-shaped (header.claims.
+ * random, "alg":"none") with "roles" = @roles (space-separated), like an
+ * app-only Entra ID token; NULL goes back to opaque random tokens. */
+void  oauth2_idp_set_token_roles (OAuth2Idp *idp, const char *client_id, const char *roles);
 void  oauth2_idp_set_delay_ms   (OAuth2Idp *idp, guint delay_ms);
 
 /* Requests for @client_id (NULL: all, including unknown clients). */
