@@ -274,6 +274,9 @@ pmx_http_send (PmxHttp              *http,
       content_type = g_strconcat ("Content-Type: ", request->content_type, NULL);
       headers = curl_slist_append (headers, content_type);
     }
+  else
+    /* libcurl would call a POSTFIELDS body form-urlencoded: say nothing. */
+    headers = curl_slist_append (headers, "Content-Type:");
   for (const char *const *h = request->headers; h != NULL && *h != NULL; h++)
     headers = curl_slist_append (headers, *h);
 

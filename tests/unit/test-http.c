@@ -239,6 +239,7 @@ test_no_bearer_and_methods (void)
       g_assert_no_error (error);
       g_mutex_lock (&s->lock);
       g_assert_cmpstr (s->method, ==, req.method);
+      g_assert_null (s->content_type);
       if (round == 0)
         g_assert_cmpstr (s->authorization, ==, "Bearer secret-token");
       else
