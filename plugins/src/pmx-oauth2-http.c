@@ -302,6 +302,8 @@ pmx_oauth2_post_form (const PmxOAuth2Request *req,
     object = json_object_ref (json_node_get_object (root));
   http_wipe_string (call.body);
 
+  if (status == 200 && object != NULL && req->raw)
+    return object;
   if (status == 200 && object != NULL)
     {
       const char *token = json_object_get_string_member_with_default (object, "access_token", NULL);
@@ -327,6 +329,8 @@ pmx_oauth2_post_form (const PmxOAuth2Request *req,
                    req->label, req->endpoint);
       return NULL;
     }
+  if (req->out_error_code != NULL && object != NULL)
+    *req->out_error_code = g_strdup (json_object_get_string_member_with_default (object, "error", NULL));
   g_propagate_error (error, pmx_oauth2_error_from_response (req, status, object));
   if (object != NULL)
     json_object_unref (object);

@@ -40,6 +40,8 @@ typedef struct {
   const char *ca_file;
   guint       connect_timeout_ms;
   guint       timeout_ms;
+  gboolean    raw;              /* return any 200 JSON object (device authorization) */
+  char      **out_error_code;   /* nullable: the provider's "error" code on refusal */
 } PmxOAuth2Request;
 
 gboolean    pmx_oauth2_check_endpoint (const char             *url,
@@ -52,6 +54,31 @@ GError     *pmx_oauth2_error_from_response (const PmxOAuth2Request *req,
                                             long                    http_status,
                                             JsonObject             *body);
 
+/* pmx-oauth2.c, for pmx-oauth2-login.c: one token request of @grant_type
+ * with @fields (name, value, ..., NULL) plus the client authentication and
+ * scope, whose answer is recorded like a refresh (refresh token stored). */
+gboolean    pmx_token_source_redeem            (PmxTokenSource     *source,
+                                                const char         *grant_type,
+                                                const char *const  *fields,
+                                                char              **out_error_code,
+                                                GCancellable       *cancellable,
+                                                GError            **error);
+/* A POST of @form to @endpoint answered by any JSON object (transfer full). */
+JsonObject *pmx_token_source_post_raw          (PmxTokenSource     *source,
+                                                const char         *endpoint,
+                                                const char         *form,
+                                                GCancellable       *cancellable,
+                                                GError            **error);
+const char *pmx_token_source_get_label         (PmxTokenSource     *source);
+const char *pmx_token_source_get_kind          (PmxTokenSource     *source);
+const char *pmx_token_source_get_grant         (PmxTokenSource     *source);
+const char *pmx_token_source_get_scopes        (PmxTokenSource     *source);
+const char *pmx_token_source_get_authorize_endpoint (PmxTokenSource *source);
+const char *pmx_token_source_get_device_endpoint    (PmxTokenSource *source);
+void        pmx_oauth2_form_add                (GString            *form,
+                                                const char         *name,
+                                                const char         *value);
+
 /* pmx-token-store.c */
 typedef struct {
   char  *refresh_token;
@@ -60,7 +87,10 @@ typedef struct {
   gint64 last_refresh;
   char  *scopes;
   char  *seed_hash;      /* hash of the configured refresh token it replaced */
+  char  *client_hash;    /* hash of the client authentication the access token came with */
   gboolean needs_login;
+  char  *last_error;     /* the last refresh error's message (never holds a token) */
+  int    last_error_code;
 } PmxTokenStoreData;
 
 gboolean pmx_token_store_load       (const char        *path,
