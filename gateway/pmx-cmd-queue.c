@@ -23,6 +23,43 @@ queue_time (gint64 usec)
   return t != NULL ? g_date_time_format (t, "%Y-%m-%d %H:%M:%S") : g_strdup ("-");
 }
 
+/* queue_print_transports - the running daemon's transports that are not
+ * sending (rate limited, needing a login), asked over the control socket;
+ * nothing when no daemon answers */
+static void
+queue_print_transports (const char *socket_path)
+{
+  g_autofree char *answer = pmx_control_call (socket_path, "status", NULL);
+  g_autoptr(JsonParser) parser = json_parser_new ();
+  JsonObject *root, *transports;
+  g_autoptr(GList) names = NULL;
+
+  if (answer == NULL || !json_parser_load_from_data (parser, answer, -1, NULL)
+      || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
+    return;
+  root = json_node_get_object (json_parser_get_root (parser));
+  if (!json_object_has_member (root, "transports")
+      || !JSON_NODE_HOLDS_OBJECT (json_object_get_member (root, "transports")))
+    return;
+  transports = json_object_get_object_member (root, "transports");
+  names = g_list_sort (json_object_get_members (transports), (GCompareFunc) strcmp);
+  for (GList *l = names; l != NULL; l = l->next)
+    {
+      JsonNode *node = json_object_get_member (transports, l->data);
+      JsonObject *t = JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
+      const char *state = t != NULL ? json_object_get_string_member_with_default (t, "state", "ok") : "ok";
+
+      if (g_str_equal (state, "rate_limited"))
+        printf ("transport %s: rate limited until %s (%s)\n", (const char *) l->data,
+                json_object_get_string_member_with_default (t, "rate_limited_until", "?"),
+                json_object_get_string_member_with_default (t, "reason", ""));
+      else if (!g_str_equal (state, "ok"))
+        printf ("transport %s: %s%s%s\n", (const char *) l->data, state,
+                json_object_has_member (t, "reason") ? ": " : "",
+                json_object_get_string_member_with_default (t, "reason", ""));
+    }
+}
+
 /* queue_list - `postmux queue list` */
 static int
 queue_list (PmxQueue   *queue,
@@ -181,7 +218,12 @@ pmx_cmd_queue (int    argc,
 
   rc = 0;
   if (strcmp (verb, "list") == 0)
-    rc = queue_list (queue, state, limit);
+    {
+      rc = queue_list (queue, state, limit);
+      socket_path = pmx_config_dup_socket_path (config);
+      if (rc == 0)
+        queue_print_transports (socket_path);
+    }
   else if (strcmp (verb, "show") == 0)
     rc = queue_show (queue, argv[2]);
   else if (strcmp (verb, "retry") == 0 || strcmp (verb, "delete") == 0)

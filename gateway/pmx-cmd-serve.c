@@ -163,12 +163,21 @@ serve_wake (gpointer user_data)
   pmx_delivery_wake (serve->delivery);
 }
 
+/* serve_transports - each transport's state, for the control socket and /v1/health */
+static JsonNode *
+serve_transports (gpointer user_data)
+{
+  Serve *serve = user_data;
+
+  return pmx_delivery_dup_transport_states (serve->delivery);
+}
+
 /* serve_open - everything up to the main loop; FALSE with @error set */
 static gboolean
 serve_open (Serve   *serve,
             GError **error)
 {
-  static PmxControlHooks hooks = { serve_wake, serve_reload, NULL };
+  static PmxControlHooks hooks = { serve_wake, serve_reload, serve_transports, NULL };
   g_autofree char *socket_path = NULL;
   g_autofree char *described = NULL;
   g_auto(GStrv) dirs = NULL;
@@ -225,6 +234,8 @@ serve_open (Serve   *serve,
       && json_object_has_member (json_object_get_object_member (serve->config->root, "listen"), "http"))
     {
       serve->httpd = pmx_httpd_new (serve->config, serve->queue, serve_wake, serve, error);
+      if (serve->httpd != NULL)
+        pmx_httpd_set_transports_func (serve->httpd, serve_transports, serve);
       if (serve->httpd == NULL || !pmx_httpd_start (serve->httpd, error))
         return FALSE;
     }

@@ -246,6 +246,11 @@ control_handle (ControlClient *client)
       json_builder_add_int_value (b, getpid ());
       json_builder_set_member_name (b, "version");
       json_builder_add_string_value (b, PMX_VERSION);
+      if (client->control->hooks.transports != NULL)
+        {
+          json_builder_set_member_name (b, "transports");
+          json_builder_add_value (b, client->control->hooks.transports (client->control->hooks.user_data));
+        }
       json_builder_end_object (b);
       control_answer (client, b, TRUE);
     }

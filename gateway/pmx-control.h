@@ -21,6 +21,8 @@
 
 #include "pmx-queue.h"
 
+#include <json-glib/json-glib.h>
+
 G_BEGIN_DECLS
 
 #define PMX_CONTROL_ERROR (pmx_control_error_quark ())
@@ -36,6 +38,8 @@ GQuark pmx_control_error_quark (void);
 typedef struct {
   void     (*wake)   (gpointer user_data);
   gboolean (*reload) (gpointer user_data, GError **error);
+  /* Each transport's state for "status" (transfer full), or NULL. */
+  JsonNode *(*transports) (gpointer user_data);
   gpointer user_data;
 } PmxControlHooks;
 

@@ -79,8 +79,71 @@ struct _PmxDelivery {
   gboolean         wake;
   guint            inflight;    /* jobs queued in pools, being sent, or committing */
   guint            committing;  /* of inflight: sent, outcome not yet committed */
+  GHashTable      *pauses;      /* transport name -> DeliveryPause*, kept across reloads */
   GThread         *dispatcher;
 };
+
+/* A transport paused by a rate limit (pmx_result_pause_transport()). */
+typedef struct {
+  gint64  until;    /* real time, usec */
+  char   *reason;
+} DeliveryPause;
+
+/* pause_free - free a DeliveryPause */
+static void
+pause_free (gpointer data)
+{
+  DeliveryPause *pause = data;
+
+  g_free (pause->reason);
+  g_free (pause);
+}
+
+/* delivery_paused_until - when @transport's pause ends, 0 when it is not
+ * paused; lock held.  An ended pause is forgotten here. */
+static gint64
+delivery_paused_until (PmxDelivery *delivery,
+                       const char  *transport,
+                       gint64       now)
+{
+  DeliveryPause *pause = g_hash_table_lookup (delivery->pauses, transport);
+
+  if (pause == NULL)
+    return 0;
+  if (pause->until > now)
+    return pause->until;
+  pmx_log_info (NULL, transport, "transport %s: rate limit pause over, sending again", transport);
+  g_hash_table_remove (delivery->pauses, transport);
+  return 0;
+}
+
+/* delivery_pause - pause @transport until @until (never shortening a
+ * longer pause); lock held */
+static void
+delivery_pause (PmxDelivery *delivery,
+                const char  *transport,
+                gint64       until,
+                const char  *reason)
+{
+  DeliveryPause *pause = g_hash_table_lookup (delivery->pauses, transport);
+  g_autoptr(GDateTime) when = NULL;
+  g_autofree char *stamp = NULL;
+
+  if (pause != NULL && pause->until >= until)
+    return;
+  if (pause == NULL)
+    {
+      pause = g_new0 (DeliveryPause, 1);
+      g_hash_table_insert (delivery->pauses, g_strdup (transport), pause);
+    }
+  pause->until = until;
+  g_free (pause->reason);
+  pause->reason = g_strdup (reason);
+  when = g_date_time_new_from_unix_utc (until / PMX_USEC_PER_SEC);
+  stamp = g_date_time_format_iso8601 (when);
+  pmx_log_warning (NULL, transport, "transport %s rate limited until %s: %s — its messages wait in the queue",
+                   transport, stamp, reason);
+}
 
 static int delivery_stop_marker;
 
@@ -326,6 +389,17 @@ delivery_run (DeliveryPool *pool,
     }
   attempt.finished = now = g_get_real_time ();
   failure = pmx_result_get_failure (result);
+  {
+    const char *reason = NULL;
+    gint64 pause = pmx_result_get_pause (result, &reason);
+
+    if (pause >= 0)
+      {
+        g_mutex_lock (&delivery->lock);
+        delivery_pause (delivery, transport, now + MAX (pause, 1) * PMX_USEC_PER_SEC, reason);
+        g_mutex_unlock (&delivery->lock);
+      }
+  }
 
   if (*session != NULL && (failure != PMX_FAILURE_NONE || pmx_result_get_session_broken (result)))
     {
@@ -435,6 +509,34 @@ delivery_run (DeliveryPool *pool,
   pmx_queue_complete_async (delivery->queue, msg->id, &attempt, delivery_committed, commit);
 }
 
+/* delivery_postpone_if_paused - a job whose transport was paused after
+ * it was dispatched goes back to the queue untried, due when the pause
+ * ends; TRUE when @job was taken care of (and freed) */
+static gboolean
+delivery_postpone_if_paused (DeliveryPool *pool,
+                             DeliveryJob  *job)
+{
+  PmxDelivery *delivery = pool->delivery;
+  const char *transport = pmx_instance_get_name (pool->instance);
+  g_autoptr(GError) error = NULL;
+  gint64 until;
+
+  g_mutex_lock (&delivery->lock);
+  until = delivery_paused_until (delivery, transport, g_get_real_time ());
+  g_mutex_unlock (&delivery->lock);
+  if (until == 0)
+    return FALSE;
+  if (!pmx_queue_postpone (delivery->queue, job->msg->id, until, &error))
+    pmx_log_warning (job->msg->id, transport, "cannot give the message back to the queue: %s — it returns when its lease expires",
+                     error->message);
+  job_free (job);
+  g_mutex_lock (&delivery->lock);
+  delivery->inflight--;
+  delivery_kick (delivery);
+  g_mutex_unlock (&delivery->lock);
+  return TRUE;
+}
+
 /* delivery_worker - thread body: take jobs, keep the session between them */
 static gpointer
 delivery_worker (gpointer data)
@@ -458,6 +560,8 @@ delivery_worker (gpointer data)
         }
       if (item == &delivery_stop_marker)
         break;
+      if (delivery_postpone_if_paused (pool, item))
+        continue;
       /* delivery_committed() counts the job out once it is recorded. */
       delivery_run (pool, &session, item);
       job_free (item);
@@ -561,6 +665,7 @@ pmx_delivery_new (PmxQueue        *queue,
   g_cond_init (&delivery->idle_cond);
   delivery->pools = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   delivery->retired = g_ptr_array_new ();
+  delivery->pauses = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, pause_free);
   return delivery;
 }
 
@@ -862,6 +967,7 @@ pmx_delivery_free (PmxDelivery *delivery)
   g_mutex_unlock (&delivery->lock);
   g_hash_table_unref (delivery->pools);
   g_ptr_array_unref (delivery->retired);
+  g_hash_table_unref (delivery->pauses);
   g_clear_pointer (&delivery->router, pmx_router_free);
   g_clear_pointer (&delivery->config, pmx_config_unref);
   g_mutex_clear (&delivery->lock);
@@ -869,4 +975,41 @@ pmx_delivery_free (PmxDelivery *delivery)
   g_cond_clear (&delivery->idle_cond);
   g_free (delivery->owner);
   g_free (delivery);
+}
+
+JsonNode *
+pmx_delivery_dup_transport_states (PmxDelivery *delivery)
+{
+  g_autoptr(JsonBuilder) b = json_builder_new ();
+  gint64 now = g_get_real_time ();
+  g_autoptr(GList) names = NULL;
+
+  g_mutex_lock (&delivery->lock);
+  json_builder_begin_object (b);
+  names = g_list_sort (g_hash_table_get_keys (delivery->pools), (GCompareFunc) strcmp);
+  for (GList *l = names; l != NULL; l = l->next)
+    {
+      const char *name = l->data;
+      gint64 until = delivery_paused_until (delivery, name, now);
+
+      json_builder_set_member_name (b, name);
+      json_builder_begin_object (b);
+      json_builder_set_member_name (b, "state");
+      json_builder_add_string_value (b, until > 0 ? "rate_limited" : "ok");
+      if (until > 0)
+        {
+          DeliveryPause *pause = g_hash_table_lookup (delivery->pauses, name);
+          g_autoptr(GDateTime) when = g_date_time_new_from_unix_utc (until / PMX_USEC_PER_SEC);
+          g_autofree char *stamp = g_date_time_format_iso8601 (when);
+
+          json_builder_set_member_name (b, "rate_limited_until");
+          json_builder_add_string_value (b, stamp);
+          json_builder_set_member_name (b, "reason");
+          json_builder_add_string_value (b, pause->reason);
+        }
+      json_builder_end_object (b);
+    }
+  json_builder_end_object (b);
+  g_mutex_unlock (&delivery->lock);
+  return json_builder_get_root (b);
 }

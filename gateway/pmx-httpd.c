@@ -74,6 +74,8 @@ struct _PmxHttpd {
   gsize        max_size;
   gint64       idempotency_window;
   guint        pending;     /* jobs in a thread or in the queue (main thread only) */
+  JsonNode   *(*transports_func) (gpointer);   /* set before start; any thread */
+  gpointer     transports_data;
   gboolean     closing;
 };
 
@@ -839,6 +841,11 @@ httpd_work_health (HttpdJob *job)
     }
   else
     httpd_add_string (b, "error", error->message);
+  if (job->httpd->transports_func != NULL)
+    {
+      json_builder_set_member_name (b, "transports");
+      json_builder_add_value (b, job->httpd->transports_func (job->httpd->transports_data));
+    }
   json_builder_end_object (b);
   job->status = ok ? SOUP_STATUS_OK : SOUP_STATUS_SERVICE_UNAVAILABLE;
   job->response = httpd_json_text (b);
@@ -1464,6 +1471,15 @@ httpd_listen_one (PmxHttpd   *httpd,
     }
   g_list_free_full (g_steal_pointer (&addrs), g_object_unref);
   return TRUE;
+}
+
+void
+pmx_httpd_set_transports_func (PmxHttpd   *httpd,
+                               JsonNode *(*func) (gpointer),
+                               gpointer    user_data)
+{
+  httpd->transports_func = func;
+  httpd->transports_data = user_data;
 }
 
 gboolean

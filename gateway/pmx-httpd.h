@@ -39,6 +39,11 @@ PmxHttpd *pmx_httpd_new      (PmxConfig  *config,
 /* Take the API keys and limits of a reloaded config; listeners stay. */
 void      pmx_httpd_apply    (PmxHttpd   *httpd,
                               PmxConfig  *config);
+/* /v1/health reports @func's answer (transfer full, called from a worker
+ * thread) as "transports": each transport's state (rate limits...). */
+void      pmx_httpd_set_transports_func (PmxHttpd   *httpd,
+                                         JsonNode *(*func) (gpointer),
+                                         gpointer    user_data);
 /* Bind every listen.http address and start answering. */
 gboolean  pmx_httpd_start    (PmxHttpd   *httpd,
                               GError    **error);

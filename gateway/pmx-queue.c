@@ -63,6 +63,7 @@ typedef enum {
   QUEUE_OP_RELEASE,
   QUEUE_OP_COMPLETE,
   QUEUE_OP_UNLEASE,
+  QUEUE_OP_POSTPONE,
   QUEUE_OP_RETRY,
   QUEUE_OP_DELETE,
   QUEUE_OP_PURGE,
@@ -1053,6 +1054,30 @@ queue_do_unlease (QueueConn    *conn,
   return queue_step (conn, stmt, "returning a lease", NULL, error);
 }
 
+/* queue_do_postpone - a lease returned untried, due no earlier than req->until */
+static gboolean
+queue_do_postpone (QueueConn    *conn,
+                   QueueRequest *req,
+                   GError      **error)
+{
+  g_auto (QueueStmt) stmt = NULL;
+  PmxMsgState state;
+
+  if (!queue_message_state (conn, req->id, &state, NULL, error))
+    return FALSE;
+  if (state != PMX_MSG_INFLIGHT)
+    return TRUE;
+
+  stmt = queue_prepare (conn,
+      "UPDATE messages SET state = COALESCE(prev_state, 'queued'), prev_state = NULL, "
+      "lease_owner = NULL, lease_until = NULL, next_attempt = MAX(next_attempt, ?2) WHERE id = ?1", error);
+  if (stmt == NULL)
+    return FALSE;
+  queue_bind_text (stmt, 1, req->id);
+  sqlite3_bind_int64 (stmt, 2, req->until);
+  return queue_step (conn, stmt, "postponing a message", NULL, error);
+}
+
 /* queue_do_retry - failed and deferred recipients back to queued, due now */
 static gboolean
 queue_do_retry (QueueConn    *conn,
@@ -1182,6 +1207,7 @@ queue_do_request (QueueConn    *conn,
     case QUEUE_OP_RELEASE:     return queue_do_release (conn, req, error);
     case QUEUE_OP_COMPLETE:    return queue_do_complete (conn, req, error);
     case QUEUE_OP_UNLEASE:     return queue_do_unlease (conn, req, error);
+    case QUEUE_OP_POSTPONE:    return queue_do_postpone (conn, req, error);
     case QUEUE_OP_RETRY:       return queue_do_retry (conn, req, error);
     case QUEUE_OP_DELETE:      return queue_do_delete (conn, req, error);
     case QUEUE_OP_PURGE:       return queue_do_purge (conn, req, error);
@@ -1827,6 +1853,21 @@ pmx_queue_unlease (PmxQueue   *queue,
                    GError    **error)
 {
   QueueRequest req = { .op = QUEUE_OP_UNLEASE, .id = id };
+
+  g_return_val_if_fail (queue != NULL, FALSE);
+  g_return_val_if_fail (id != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  return queue_call (queue, &req, error);
+}
+
+gboolean
+pmx_queue_postpone (PmxQueue   *queue,
+                    const char *id,
+                    gint64      until,
+                    GError    **error)
+{
+  QueueRequest req = { .op = QUEUE_OP_POSTPONE, .id = id, .until = until };
 
   g_return_val_if_fail (queue != NULL, FALSE);
   g_return_val_if_fail (id != NULL, FALSE);

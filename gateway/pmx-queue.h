@@ -215,6 +215,13 @@ gboolean   pmx_queue_unlease      (PmxQueue   *queue,
                                    const char *id,
                                    GError    **error);
 
+/* Put a leased message back untried and due no earlier than @until (its
+ * transport is paused by a rate limit): no attempt is counted or logged. */
+gboolean   pmx_queue_postpone     (PmxQueue   *queue,
+                                   const char *id,
+                                   gint64      until,
+                                   GError    **error);
+
 /* Earliest next_attempt among queued/deferred messages; G_MAXINT64 if none. */
 gint64     pmx_queue_next_due     (PmxQueue   *queue,
                                    GError    **error);

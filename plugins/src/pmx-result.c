@@ -19,6 +19,8 @@ struct _PmxResult {
   guint               failure_code;
   char               *failure_text;
   gint64              retry_after;
+  gint64              pause_seconds;
+  char               *pause_reason;
   char               *remote_id;
   char               *transcript;
   gboolean            session_broken;
@@ -38,6 +40,7 @@ pmx_result_new (gsize n_recipients)
   result->n_recipients = n_recipients;
   result->recipients = g_new0 (PmxResultRecipient, MAX (n_recipients, 1));
   result->retry_after = -1;
+  result->pause_seconds = -1;
   return result;
 }
 
@@ -55,6 +58,7 @@ pmx_result_free (PmxResult *result)
   g_free (result->failure_text);
   g_free (result->remote_id);
   g_free (result->transcript);
+  g_free (result->pause_reason);
   g_free (result);
 }
 
@@ -139,6 +143,18 @@ pmx_result_set_retry_after (PmxResult *result,
 }
 
 void
+pmx_result_pause_transport (PmxResult  *result,
+                            gint64      seconds,
+                            const char *reason)
+{
+  g_return_if_fail (result != NULL);
+  result->pause_seconds = MAX (seconds, 0);
+  g_free (result->pause_reason);
+  result->pause_reason = g_strdup (reason != NULL ? reason : "rate limited by the provider");
+  pmx_result_set_retry_after (result, result->pause_seconds);
+}
+
+void
 pmx_result_set_remote_id (PmxResult  *result,
                           const char *remote_id)
 {
@@ -205,6 +221,15 @@ gint64
 pmx_result_get_retry_after (PmxResult *result)
 {
   return result->retry_after;
+}
+
+gint64
+pmx_result_get_pause (PmxResult   *result,
+                      const char **out_reason)
+{
+  if (out_reason != NULL)
+    *out_reason = result->pause_reason;
+  return result->pause_seconds;
 }
 
 const char *

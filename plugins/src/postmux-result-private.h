@@ -28,6 +28,9 @@ PmxFailureClass pmx_result_get_failure     (PmxResult *result);
 const char  *pmx_result_get_failure_text   (PmxResult *result);
 guint        pmx_result_get_failure_code   (PmxResult *result);
 gint64       pmx_result_get_retry_after    (PmxResult *result);  /* -1 when unset */
+/* Seconds to pause the instance (-1 when not asked) and the reason. */
+gint64       pmx_result_get_pause          (PmxResult   *result,
+                                            const char **out_reason);
 const char  *pmx_result_get_remote_id      (PmxResult *result);
 gboolean     pmx_result_get_session_broken (PmxResult *result);
 const char  *pmx_result_get_transcript     (PmxResult *result);   /* or NULL */

@@ -153,6 +153,9 @@ try:
     tap.ok(st == 200 and j and j["status"] == "ok" and j["queue"]["queued"] == 0
            and set(j["queue"]) == {"queued", "inflight", "deferred", "delivered", "bounced", "expired"},
            "GET /v1/health: 200 with counts by state", body)
+    tap.ok(j and all(v == {"state": "ok"} for v in j.get("transports", {}).values())
+           and set(j.get("transports", {})) == {"local", "other"},
+           "GET /v1/health: every transport's state, all ok", body)
 
     # A full message: text + html + inline image + attachment, UTF-8, bcc, tags.
     png = b"\x89PNG\r\n\x1a\nfake image bytes"

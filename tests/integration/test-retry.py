@@ -10,15 +10,18 @@ tap = Tap()
 gw = Gateway(name="pmx-retry")
 log_a = gw.path("a.log")
 log_b = gw.path("b.log")
+log_rl = gw.path("rl.log")
 gw.write_config({
     "transports": {
         "a": {"plugin": "scripted", "options": {"log": log_a}},
         "down": {"plugin": "scripted", "options": {"log": log_a, "open_fails": True}},
         "b": {"plugin": "scripted", "options": {"log": log_b}},
+        "rl": {"plugin": "scripted", "concurrency": 1, "options": {"log": log_rl}},
     },
     "default": "a",
     "routes": [
         {"name": "fo", "match": {"sender_domain": ["failover.test"]}, "transports": ["down", "b"]},
+        {"name": "rl", "match": {"sender_domain": ["ratelimit.test"]}, "transports": ["rl"]},
     ],
     "retry": {"initial_delay": "1s", "multiplier": 2, "max_delay": "1h", "jitter": 0, "max_age": "6s"},
 })
@@ -85,6 +88,29 @@ try:
     wait_until(lambda: len([l for l in scripted_log(log_a) if l[2] == q2]) >= 3, 10)
     tap.eq([l[5] for l in scripted_log(log_a) if l[2] == q2 and l[4] == "permfail@x.test"],
            ["bounced", "bounced"], "queue retry re-attempts only the bounced recipient")
+    # A rate limit pauses the whole transport: messages routed to it wait
+    # untried (no attempt counted) until the pause ends, then all go.
+    qr = qid_of(gw.send("app@ratelimit.test", ["ratelimit@x.test"], message(5)))
+    first = wait_until(lambda: [l for l in scripted_log(log_rl) if l[2] == qr], 10)
+    later = [qid_of(gw.send("app@ratelimit.test", ["ok%d@x.test" % i], message(6 + i))) for i in range(3)]
+    listing = gw.run("queue", "list").stdout.decode()
+    tap.ok(re.search(r"^transport rl: rate limited until \S+ \(scripted: 429 Too Many Requests, Retry-After: 2\)$",
+                     listing, re.M), "queue list shows the paused transport and why", listing)
+    ok = wait_until(lambda: len([l for l in scripted_log(log_rl) if l[5] == "delivered"]) == 4, 15)
+    rows = scripted_log(log_rl)
+    tap.ok(ok, "after the pause every message is delivered", rows)
+    if first and ok:
+        t_pause = first[0][0]
+        starts = [min(l[0] for l in rows if l[2] == q) for q in later]
+        tap.comment("first attempts after the pause began: %s s" % ", ".join("%.3f" % (t - t_pause) for t in starts))
+        tap.ok(all(t - t_pause >= 2.0 for t in starts), "no message is tried on the paused transport before the 2 s pause ends")
+        tap.eq([[l[3] for l in rows if l[2] == q] for q in later], [[1], [1], [1]],
+               "messages held by the pause are tried once, as their first attempt")
+        tap.eq([(l[3], l[5]) for l in rows if l[2] == qr], [(1, "ratelimited"), (2, "delivered")],
+               "the rate-limited message is retried after the pause and delivered")
+    listing = gw.run("queue", "list").stdout.decode()
+    tap.ok("rate limited" not in listing, "once the pause is over queue list no longer shows it", listing)
+
     tap.eq(gw.stop(), 0, "postmux serve exits 0")
 finally:
     gw.cleanup()

@@ -7,6 +7,8 @@
  *   permfail...   bounced, 550 5.1.1
  *   flakyN...     deferred for the first N attempts, then delivered
  *   down...       the whole attempt fails temporarily (421 4.4.2)
+ *   ratelimit...  first attempt: deferred (429) and the instance paused
+ *                 for 2 s (pmx_result_pause_transport); then delivered
  *   slow...       delivered after 2 seconds
  *   anything else delivered, 250 2.0.0
  * Every outcome is appended to the "log" file as one line:
@@ -129,6 +131,13 @@ scripted_send (PmxSession        *s,
     {
       const char *r = env->recipients[i];
 
+      if (g_str_has_prefix (r, "ratelimit") && env->attempt == 1)
+        {
+          scripted_log (s->transport, env, r, "ratelimited");
+          pmx_result_pause_transport (result, 2, "scripted: 429 Too Many Requests, Retry-After: 2");
+          pmx_result_fail (result, PMX_FAILURE_TEMPORARY, 429, "4.7.0", "429 scripted: too many requests");
+          return;
+        }
       if (g_str_has_prefix (r, "down"))
         {
           scripted_log (s->transport, env, r, "down");
