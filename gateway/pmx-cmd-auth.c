@@ -378,6 +378,10 @@ auth_status (PmxConfig       *config,
           json_object_set_string_member (object, "transport", tc->name);
           json_object_set_string_member (object, "credential", credential);
           json_object_set_string_member (object, "token_endpoint", pmx_token_source_get_token_endpoint (source));
+          if (status.store_path != NULL)
+            json_object_set_string_member (object, "token_store", status.store_path);
+          else
+            json_object_set_null_member (object, "token_store");
           json_array_add_object_element (array, object);
         }
       else
