@@ -18,6 +18,7 @@
  */
 #include "pmx-cmd.h"
 
+#include "pmx-control.h"
 #include "pmx-instance.h"
 
 #include <libsoup/soup.h>
@@ -279,6 +280,36 @@ auth_login_device (PmxTokenSource *source,
   return pmx_token_source_finish_device_login (source, &code, NULL, error);
 }
 
+/* auth_hurry - the messages that waited for this login are due now; a
+ * running daemon is woken to take them */
+static void
+auth_hurry (PmxConfig  *config,
+            const char *name)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *socket_path = NULL;
+  g_autofree char *answer = NULL;
+  PmxQueue *queue = pmx_queue_open (config->queue_path, &error);
+  gint64 n;
+
+  if (queue == NULL)
+    {
+      printf ("The waiting messages go at their next retry (the queue could not be opened: %s).\n", error->message);
+      return;
+    }
+  n = pmx_queue_hurry_transport (queue, name, &error);
+  pmx_queue_close (queue);
+  if (n < 0)
+    {
+      printf ("The waiting messages go at their next retry (%s).\n", error->message);
+      return;
+    }
+  socket_path = pmx_config_dup_socket_path (config);
+  answer = pmx_control_call (socket_path, "wake", NULL);   /* no daemon: they go when it starts */
+  printf ("%" G_GINT64_FORMAT " deferred message%s of transport %s due now%s.\n", n, n == 1 ? "" : "s", name,
+          answer != NULL ? "; the daemon was told" : "; no daemon is running");
+}
+
 /* auth_login - `postmux auth login TRANSPORT` */
 static int
 auth_login (PmxConfig       *config,
@@ -305,11 +336,11 @@ auth_login (PmxConfig       *config,
     }
   pmx_token_source_get_status (source, &status);
   expires = auth_time (status.expires_at);
-  printf ("Logged in: transport %s, refresh token stored in %s; access token valid until %s; scopes: %s\n"
-          "A running daemon picks the login up at the next delivery attempt (postmux queue retry ID sends one now).\n",
+  printf ("Logged in: transport %s, refresh token stored in %s; access token valid until %s; scopes: %s\n",
           name, status.store_path != NULL ? status.store_path : "memory", expires,
           status.scopes != NULL ? status.scopes : "-");
   pmx_instance_unref (instance);
+  auth_hurry (config, name);
   return 0;
 }
 

@@ -323,7 +323,7 @@ transports = {
 routes = [{"name": n, "match": {"sender_domain": [n + ".test"]}, "transports": [n]} for n in transports]
 gw.write_config({"transports": transports, "default": "o2x", "routes": routes,
                  "listen": {"http": [{"address": "127.0.0.1:0"}]},
-                 "retry": {"initial_delay": "1s", "multiplier": 1, "max_delay": "1s", "jitter": 0}})
+                 "retry": {"initial_delay": "1s", "multiplier": 10, "max_delay": "1h", "jitter": 0}})
 http_port = None
 
 
@@ -450,7 +450,10 @@ def needs_login():
     tap.ok(h["status"] == "degraded" and h["credentials"]["o2rt"]["state"] == "needs_login"
            and h["credentials"]["o2x"]["state"] == "ok",
            "/v1/health: status degraded, credential o2rt needs_login, others ok", json.dumps(h))
-    attempts_seen = wait_until(lambda: show(qid).count("attempt") >= 2 or None, 30)
+    # Retries come 1 s, then 10 s, then 100 s apart: after the second attempt
+    # the message would wait 10 s more, after the third 100 s.
+    tap.ok(wait_until(lambda: "attempts:     2\n" in show(qid), 30),
+           "needs login: retried, still waiting", show(qid))
     out = show(qid)
     tap.ok(state_is(qid, "deferred") and not sink.by_mid("o2rt-3@o2.test"),
            "needs login: the message waits in the queue (deferred, not bounced)", out)
@@ -494,6 +497,9 @@ def needs_login():
     text = "".join(lines) + out.decode() + err.decode()
     outputs.append(text)
     tap.eq(p.returncode, 0, "postmux auth login exits 0")
+    tap.ok("Logged in: transport o2rt" in text
+           and "1 deferred message of transport o2rt due now; the daemon was told." in text,
+           "auth login says where the login is stored and makes the waiting message due now", text)
     tap.eq(idp.ctl("/stats")["authorizations"] - authorizations, 1, "one authorization at the IdP")
     tap.ok(delivered("o2rt", "o2rt-3@o2.test"), "after the login the waiting message is delivered",
            show(qid) + gw.log()[-3000:])
