@@ -83,8 +83,7 @@ pmx_token_source_dup_authorize_url (PmxTokenSource *source,
     }
   scopes = pmx_token_source_get_scopes (source);
 
-  url = g_string_new (endpoint);
-  g_string_append_c (url, strchr (endpoint, '?') != NULL ? '&' : '?');
+  url = g_string_new (NULL);
   pmx_oauth2_form_add (url, "response_type", "code");
   pmx_oauth2_form_add (url, "client_id", pmx_token_source_get_client_id (source));
   pmx_oauth2_form_add (url, "redirect_uri", redirect_uri);
@@ -99,6 +98,8 @@ pmx_token_source_dup_authorize_url (PmxTokenSource *source,
       pmx_oauth2_form_add (url, "access_type", "offline");
       pmx_oauth2_form_add (url, "prompt", "consent");
     }
+  g_string_prepend (url, strchr (endpoint, '?') != NULL ? "&" : "?");
+  g_string_prepend (url, endpoint);
   return g_string_free (url, FALSE);
 }
 

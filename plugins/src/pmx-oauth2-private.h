@@ -34,6 +34,7 @@ char     *pmx_oauth2_jwt_sign         (JsonObject   *header,
 typedef struct {
   const char *endpoint;
   const char *label;            /* "credential 'o365'" for messages */
+  const char *name;             /* the credential name for `postmux auth login NAME`, or NULL */
   const char *kind;             /* generic, microsoft, google */
   const char *grant;            /* grant_type short name */
   gboolean    service_account;  /* google JWT bearer */

@@ -812,6 +812,7 @@ source_request (PmxTokenSource *source,
   PmxOAuth2Request req = {
     .endpoint = source->endpoint,
     .label = source->label,
+    .name = source->name,
     .kind = source->kind,
     .grant = source->grant,
     .service_account = source->service_account,
@@ -1034,9 +1035,10 @@ pmx_token_source_get_token (PmxTokenSource *source,
           && !source_reload_login_locked (source))
         {
           g_set_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN,
-                       "%s: %s — run `postmux auth login` for this transport",
+                       "%s: %s — run `postmux auth login %s`",
                        source->label,
-                       source->last_error != NULL ? "the refresh token was refused" : "no refresh token is stored");
+                       source->last_error != NULL ? "the refresh token was refused" : "no refresh token is stored",
+                       source->name != NULL ? source->name : "TRANSPORT");
           return NULL;
         }
 
@@ -1342,6 +1344,7 @@ source_request_for (PmxTokenSource *source,
   PmxOAuth2Request req = {
     .endpoint = endpoint,
     .label = source->label,
+    .name = source->name,
     .kind = source->kind,
     .grant = grant,
     .service_account = source->service_account,

@@ -457,7 +457,9 @@ def needs_login():
     out = show(qid)
     tap.ok(state_is(qid, "deferred") and not sink.by_mid("o2rt-3@o2.test"),
            "needs login: the message waits in the queue (deferred, not bounced)", out)
-    tap.ok("postmux auth login" in out, "needs login: queue show says to run postmux auth login", out)
+    tap.ok("invalid_grant" in out and "run `postmux auth login o2rt`" in out
+           and all(line.count("postmux auth login") <= 1 for line in out.splitlines()),
+           "needs login: queue show has the provider's error and, once, the command that fixes it", out)
 
     # The login, driven the way a browser would: open the printed URL; the
     # IdP's authorize endpoint redirects to the loopback listener.
@@ -473,7 +475,8 @@ def needs_login():
         lines.append(line)
         if line.strip().startswith(idp.url + "/authorize?"):
             url = line.strip()
-    tap.ok(url is not None and "code_challenge_method=S256" in url and "state=" in url,
+    tap.ok(url is not None and "/authorize?response_type=code&" in url and "code_challenge_method=S256" in url
+           and "state=" in url,
            "auth login prints the authorize URL with PKCE S256 and a state", "".join(lines))
     if url is None:
         p.kill()

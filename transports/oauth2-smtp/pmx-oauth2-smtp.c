@@ -298,12 +298,9 @@ o2_get_token (PmxTransport *self,
 
   if (token != NULL)
     return token;
-  if (g_error_matches (local_error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN))
-    g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_AUTH,
-                 "transport '%s': %s — run postmux auth login %s", self->name, local_error->message, self->name);
-  else
-    g_set_error (error, PMX_TRANSPORT_ERROR, o2_token_code (local_error),
-                 "transport '%s': %s", self->name, local_error->message);
+  /* The SDK's message names the fix (`postmux auth login NAME` included). */
+  g_set_error (error, PMX_TRANSPORT_ERROR, o2_token_code (local_error),
+               "transport '%s': %s", self->name, local_error->message);
   return NULL;
 }
 
@@ -407,9 +404,8 @@ o2_send (PmxSession        *session,
             [PMX_TRANSPORT_ERROR_FAILED] = PMX_FAILURE_TEMPORARY,
           };
 
-          pmx_result_fail (result, classes[o2_token_code (error)], 0, NULL, "transport '%s': %s%s", self->name, error->message,
-                           g_error_matches (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN)
-                             ? " — run postmux auth login" : "");
+          pmx_result_fail (result, classes[o2_token_code (error)], 0, NULL, "transport '%s': %s", self->name,
+                           error->message);
           return;
         }
     }
