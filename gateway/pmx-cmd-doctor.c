@@ -200,6 +200,7 @@ pmx_cmd_send_test (PmxCmdCommon *common,
 
   ops = pmx_instance_get_ops (instance);
   result = pmx_result_new (recipients->len);
+  pmx_result_request_transcript (result);
   session = ops->open_session (pmx_instance_get_transport (instance), &error);
   if (session == NULL)
     pmx_result_fail (result, PMX_FAILURE_TEMPORARY, 0, NULL, "cannot open a session: %s",

@@ -475,6 +475,7 @@ delivery_run (DeliveryPool *pool,
   attempt.transport = transport;
   attempt.recipients = outcomes;
   attempt.n_recipients = pending->len - 1;
+  attempt.covers_all = attempt.n_recipients == msg->recipients->len;
   attempt.summary = summary;
   attempt.remote_id = pmx_result_get_remote_id (result);
 

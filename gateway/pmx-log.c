@@ -12,6 +12,7 @@
 #include <json-glib/json-glib.h>
 #include <stdarg.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static gint log_format = PMX_LOG_TEXT;
@@ -45,6 +46,22 @@ log_level_word (GLogLevelFlags level)
   return "debug";
 }
 
+/* log_stamp - now as UTC ISO 8601 with milliseconds ("2026-11-23T14:05:09.123Z");
+ * clock_gettime and gmtime_r: this runs for every delivery */
+static void
+log_stamp (char  *out,
+           gsize  size)
+{
+  struct timespec ts;
+  struct tm tm;
+
+  clock_gettime (CLOCK_REALTIME, &ts);
+  gmtime_r (&ts.tv_sec, &tm);
+  g_snprintf (out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
+              tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+              ts.tv_nsec / 1000000);
+}
+
 /* log_writer - GLogWriterFunc printing one line per record */
 static GLogWriterOutput
 log_writer (GLogLevelFlags   level,
@@ -53,9 +70,8 @@ log_writer (GLogLevelFlags   level,
             gpointer         user_data)
 {
   const char *message = NULL, *domain = NULL, *queue_id = NULL, *transport = NULL, *route = NULL;
-  g_autoptr(GDateTime) now = g_date_time_new_now_utc ();
-  g_autofree char *stamp = g_date_time_format (now, "%Y-%m-%dT%H:%M:%S.%fZ");
-  g_autoptr(GString) line = g_string_new (NULL);
+  char stamp[32];
+  g_autoptr(GString) line = NULL;
   GLogLevelFlags masked = level & G_LOG_LEVEL_MASK;
 
   for (gsize i = 0; i < n_fields; i++)
@@ -83,12 +99,8 @@ log_writer (GLogLevelFlags   level,
       && (masked < G_LOG_LEVEL_INFO || g_log_writer_default_would_drop (level, domain)))
     return G_LOG_WRITER_HANDLED;
 
-  /* Microseconds are more than a log reader wants: keep milliseconds. */
-  if (strlen (stamp) > 24)
-    {
-      stamp[23] = 'Z';
-      stamp[24] = '\0';
-    }
+  log_stamp (stamp, sizeof stamp);
+  line = g_string_sized_new (256);
 
   if (g_atomic_int_get (&log_format) == PMX_LOG_JSON)
     {

@@ -799,57 +799,60 @@ queue_do_submit (QueueConn    *conn,
   return TRUE;
 }
 
+/* queue_message_cmp_due - GCompareFunc on PmxQueueMessage**: by next
+ * attempt, then id (the order of the messages_due index) */
+static int
+queue_message_cmp_due (gconstpointer a,
+                       gconstpointer b)
+{
+  const PmxQueueMessage *ma = *(PmxQueueMessage *const *) a;
+  const PmxQueueMessage *mb = *(PmxQueueMessage *const *) b;
+
+  if (ma->next_attempt != mb->next_attempt)
+    return ma->next_attempt < mb->next_attempt ? -1 : 1;
+  return strcmp (ma->id, mb->id);
+}
+
 /* queue_do_lease - mark due messages inflight and load them */
 static gboolean
 queue_do_lease (QueueConn    *conn,
                 QueueRequest *req,
                 GError      **error)
 {
-  g_autoptr (GPtrArray) ids = g_ptr_array_new_with_free_func (g_free);
-  g_autoptr (GPtrArray) msgs = NULL;
+  g_autoptr (GPtrArray) msgs = g_ptr_array_new_with_free_func ((GDestroyNotify) pmx_queue_message_free);
 
+  /* One statement leases the batch and returns the rows (RETURNING runs
+   * after the update: state reads 'inflight', as a leased message's does). */
   {
     g_auto (QueueStmt) stmt = queue_prepare (conn,
-        "SELECT id FROM messages INDEXED BY messages_due "
-        "WHERE state IN ('queued', 'deferred') "
-        "AND next_attempt <= ?1 ORDER BY next_attempt, id LIMIT ?2", error);
+        "UPDATE messages SET prev_state = state, state = 'inflight', "
+        "lease_owner = ?3, lease_until = ?4 WHERE id IN ("
+        "  SELECT id FROM messages INDEXED BY messages_due "
+        "  WHERE state IN ('queued', 'deferred') "
+        "  AND next_attempt <= ?1 ORDER BY next_attempt, id LIMIT ?2) "
+        "RETURNING " QUEUE_MSG_COLUMNS ", data", error);
     gboolean row = FALSE;
 
     if (stmt == NULL)
       return FALSE;
     sqlite3_bind_int64 (stmt, 1, req->now);
     sqlite3_bind_int64 (stmt, 2, req->limit);
+    queue_bind_text (stmt, 3, req->owner);
+    sqlite3_bind_int64 (stmt, 4, req->until);
     for (;;)
       {
-        if (!queue_step (conn, stmt, "finding due messages", &row, error))
+        if (!queue_step (conn, stmt, "leasing due messages", &row, error))
           return FALSE;
         if (!row)
           break;
-        g_ptr_array_add (ids, queue_column_dup (stmt, 0));
+        g_ptr_array_add (msgs, queue_message_from_row (stmt, TRUE));
       }
   }
-
-  msgs = g_ptr_array_new_full (ids->len, (GDestroyNotify) pmx_queue_message_free);
-  for (guint i = 0; i < ids->len; i++)
-    {
-      const char *id = g_ptr_array_index (ids, i);
-      PmxQueueMessage *msg;
-      g_auto (QueueStmt) stmt = queue_prepare (conn,
-          "UPDATE messages SET prev_state = state, state = 'inflight', "
-          "lease_owner = ?2, lease_until = ?3 WHERE id = ?1", error);
-
-      if (stmt == NULL)
-        return FALSE;
-      queue_bind_text (stmt, 1, id);
-      queue_bind_text (stmt, 2, req->owner);
-      sqlite3_bind_int64 (stmt, 3, req->until);
-      if (!queue_step (conn, stmt, "leasing a message", NULL, error))
-        return FALSE;
-      msg = queue_load_message (conn, id, TRUE, error);
-      if (msg == NULL)
-        return FALSE;
-      g_ptr_array_add (msgs, msg);
-    }
+  /* RETURNING gives rows in no promised order: oldest due first again. */
+  g_ptr_array_sort (msgs, queue_message_cmp_due);
+  for (guint i = 0; i < msgs->len; i++)
+    if (!queue_load_recipients (conn, g_ptr_array_index (msgs, i), error))
+      return FALSE;
 
   req->out_messages = g_steal_pointer (&msgs);
   return TRUE;
@@ -891,6 +894,60 @@ queue_append_outcome (GString                   *out,
     g_string_append_c (out, (*p == '\r' || *p == '\n') ? ' ' : *p);
 }
 
+/* queue_state_tally - a message's state from its recipients' counts */
+static PmxMsgState
+queue_state_tally (guint pending,
+                   guint delivered,
+                   guint expired,
+                   guint total)
+{
+  if (pending > 0)
+    return PMX_MSG_DEFERRED;
+  if (delivered == total)
+    return PMX_MSG_DELIVERED;
+  if (expired > 0)
+    return PMX_MSG_EXPIRED;
+  return PMX_MSG_BOUNCED;
+}
+
+/* queue_count_rcpt - count one recipient state into the tally */
+static void
+queue_count_rcpt (PmxRcptState state,
+                  guint       *pending,
+                  guint       *delivered,
+                  guint       *expired)
+{
+  switch (state)
+    {
+    case PMX_RCPT_STATE_QUEUED:
+    case PMX_RCPT_STATE_DEFERRED:
+      (*pending)++;
+      break;
+    case PMX_RCPT_STATE_DELIVERED:
+      (*delivered)++;
+      break;
+    case PMX_RCPT_STATE_EXPIRED:
+      (*expired)++;
+      break;
+    case PMX_RCPT_STATE_BOUNCED:
+    default:
+      break;
+    }
+}
+
+/* queue_state_from_outcomes - the state of a message whose every
+ * recipient is in @a (covers_all) */
+static void
+queue_state_from_outcomes (const PmxAttempt *a,
+                           PmxMsgState      *out_state)
+{
+  guint pending = 0, delivered = 0, expired = 0;
+
+  for (gsize i = 0; i < a->n_recipients; i++)
+    queue_count_rcpt (a->recipients[i].state, &pending, &delivered, &expired);
+  *out_state = queue_state_tally (pending, delivered, expired, (guint) a->n_recipients);
+}
+
 /* queue_derive_state - a message's state from its recipients' */
 static gboolean
 queue_derive_state (QueueConn   *conn,
@@ -913,32 +970,10 @@ queue_derive_state (QueueConn   *conn,
       if (!row)
         break;
       total++;
-      switch (queue_rcpt_state_parse ((const char *) sqlite3_column_text (stmt, 0)))
-        {
-        case PMX_RCPT_STATE_QUEUED:
-        case PMX_RCPT_STATE_DEFERRED:
-          pending++;
-          break;
-        case PMX_RCPT_STATE_DELIVERED:
-          delivered++;
-          break;
-        case PMX_RCPT_STATE_EXPIRED:
-          expired++;
-          break;
-        case PMX_RCPT_STATE_BOUNCED:
-        default:
-          break;
-        }
+      queue_count_rcpt (queue_rcpt_state_parse ((const char *) sqlite3_column_text (stmt, 0)),
+                        &pending, &delivered, &expired);
     }
-
-  if (pending > 0)
-    *out_state = PMX_MSG_DEFERRED;
-  else if (delivered == total)
-    *out_state = PMX_MSG_DELIVERED;
-  else if (expired > 0)
-    *out_state = PMX_MSG_EXPIRED;
-  else
-    *out_state = PMX_MSG_BOUNCED;
+  *out_state = queue_state_tally (pending, delivered, expired, total);
   return TRUE;
 }
 
@@ -953,11 +988,7 @@ queue_do_complete (QueueConn    *conn,
   const PmxAttempt *a = req->attempt;
   g_autoptr (GString) outcomes = g_string_new (NULL);
   PmxMsgState state;
-  gint64 next_attempt;
   gboolean final;
-
-  if (!queue_message_state (conn, req->id, &state, &next_attempt, error))
-    return FALSE;
 
   for (gsize i = 0; i < a->n_recipients; i++)
     {
@@ -978,6 +1009,9 @@ queue_do_complete (QueueConn    *conn,
         return FALSE;
       if (sqlite3_changes (conn->db) == 0)
         {
+          /* No such message (NOT_FOUND), or no such recipient of it. */
+          if (!queue_message_state (conn, req->id, &state, NULL, error))
+            return FALSE;
           g_set_error (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_INVALID,
                        "queue %s: message %s has no recipient <%s>; attempt not "
                        "recorded", conn->path, req->id, r->address);
@@ -986,17 +1020,18 @@ queue_do_complete (QueueConn    *conn,
       queue_append_outcome (outcomes, r);
     }
 
-  if (!queue_derive_state (conn, req->id, &state, error))
+  if (a->covers_all)
+    queue_state_from_outcomes (a, &state);
+  else if (!queue_derive_state (conn, req->id, &state, error))
     return FALSE;
   final = (state != PMX_MSG_DEFERRED);
-  if (!final)
-    next_attempt = a->next_attempt;
 
   {
+    /* A final message keeps the next_attempt it had (NULL ?6). */
     g_auto (QueueStmt) stmt = queue_prepare (conn,
         "UPDATE messages SET state = ?2, attempts = attempts + 1, transport = ?3, "
-        "next_transport = ?4, last_reply = ?5, next_attempt = ?6, finished = ?7, "
-        "prev_state = NULL, lease_owner = NULL, lease_until = NULL WHERE id = ?1", error);
+        "next_transport = ?4, last_reply = ?5, next_attempt = COALESCE(?6, next_attempt), "
+        "finished = ?7, prev_state = NULL, lease_owner = NULL, lease_until = NULL WHERE id = ?1", error);
 
     if (stmt == NULL)
       return FALSE;
@@ -1005,11 +1040,19 @@ queue_do_complete (QueueConn    *conn,
     queue_bind_text (stmt, 3, a->transport);
     queue_bind_text (stmt, 4, a->next_transport);
     queue_bind_text (stmt, 5, a->summary);
-    sqlite3_bind_int64 (stmt, 6, next_attempt);
+    if (!final)
+      sqlite3_bind_int64 (stmt, 6, a->next_attempt);
     if (final)
       sqlite3_bind_int64 (stmt, 7, a->finished != 0 ? a->finished : g_get_real_time ());
     if (!queue_step (conn, stmt, "recording an attempt", NULL, error))
       return FALSE;
+    if (sqlite3_changes (conn->db) == 0)
+      {
+        g_set_error (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_NOT_FOUND,
+                     "queue %s: no message %s — `postmux queue list` shows "
+                     "the ids it holds", conn->path, req->id);
+        return FALSE;
+      }
   }
 
   {
@@ -1032,30 +1075,9 @@ queue_do_complete (QueueConn    *conn,
   return TRUE;
 }
 
-/* queue_do_unlease - inflight back to the state it was leased from */
-static gboolean
-queue_do_unlease (QueueConn    *conn,
-                  QueueRequest *req,
-                  GError      **error)
-{
-  g_auto (QueueStmt) stmt = NULL;
-  PmxMsgState state;
-
-  if (!queue_message_state (conn, req->id, &state, NULL, error))
-    return FALSE;
-  if (state != PMX_MSG_INFLIGHT)
-    return TRUE;   /* lease already returned (expired and released): nothing to undo */
-
-  stmt = queue_prepare (conn,
-      "UPDATE messages SET state = COALESCE(prev_state, 'queued'), prev_state = NULL, "
-      "lease_owner = NULL, lease_until = NULL WHERE id = ?1", error);
-  if (stmt == NULL)
-    return FALSE;
-  queue_bind_text (stmt, 1, req->id);
-  return queue_step (conn, stmt, "returning a lease", NULL, error);
-}
-
-/* queue_do_postpone - a lease returned untried, due no earlier than req->until */
+/* queue_do_postpone - a lease returned untried: inflight back to the state
+ * it was leased from, due no earlier than req->until (UNLEASE: 0, the same
+ * next attempt) */
 static gboolean
 queue_do_postpone (QueueConn    *conn,
                    QueueRequest *req,
@@ -1067,7 +1089,7 @@ queue_do_postpone (QueueConn    *conn,
   if (!queue_message_state (conn, req->id, &state, NULL, error))
     return FALSE;
   if (state != PMX_MSG_INFLIGHT)
-    return TRUE;
+    return TRUE;   /* lease already returned (expired and released): nothing to undo */
 
   stmt = queue_prepare (conn,
       "UPDATE messages SET state = COALESCE(prev_state, 'queued'), prev_state = NULL, "
@@ -1076,7 +1098,7 @@ queue_do_postpone (QueueConn    *conn,
     return FALSE;
   queue_bind_text (stmt, 1, req->id);
   sqlite3_bind_int64 (stmt, 2, req->until);
-  return queue_step (conn, stmt, "postponing a message", NULL, error);
+  return queue_step (conn, stmt, "returning a lease", NULL, error);
 }
 
 /* queue_do_retry - failed and deferred recipients back to queued, due now */
@@ -1227,7 +1249,7 @@ queue_do_request (QueueConn    *conn,
     case QUEUE_OP_LEASE:       return queue_do_lease (conn, req, error);
     case QUEUE_OP_RELEASE:     return queue_do_release (conn, req, error);
     case QUEUE_OP_COMPLETE:    return queue_do_complete (conn, req, error);
-    case QUEUE_OP_UNLEASE:     return queue_do_unlease (conn, req, error);
+    case QUEUE_OP_UNLEASE:
     case QUEUE_OP_POSTPONE:    return queue_do_postpone (conn, req, error);
     case QUEUE_OP_RETRY:       return queue_do_retry (conn, req, error);
     case QUEUE_OP_HURRY:       return queue_do_hurry (conn, req, error);

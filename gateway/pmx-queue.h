@@ -113,6 +113,9 @@ typedef struct {
   const char                *remote_id;     /* provider's message id, or NULL */
   gint64                     next_attempt;  /* when any recipient stays deferred */
   const char                *next_transport;/* failover target, or NULL */
+  gboolean                   covers_all;    /* @recipients are all the message has (a
+                                             * first attempt): the message's state
+                                             * follows from them without a read */
 } PmxAttempt;
 
 /* One row of the append-only attempts log. */

@@ -96,19 +96,30 @@ http_is_loopback (const char *host)
   return address != NULL && g_inet_address_get_is_loopback (address);
 }
 
+/* http_url_shown - @url for a message: without user info, query and
+ * fragment, where secrets travel (webhook keys, SAS tokens) */
+static char *
+http_url_shown (GUri *uri)
+{
+  return g_uri_join (G_URI_FLAGS_NONE, g_uri_get_scheme (uri), NULL, g_uri_get_host (uri),
+                     g_uri_get_port (uri), g_uri_get_path (uri), NULL, NULL);
+}
+
 gboolean
 pmx_http_check_url (const char  *url,
                     const char  *what,
                     GError     **error)
 {
   g_autoptr(GUri) uri = url != NULL ? g_uri_parse (url, G_URI_FLAGS_NONE, NULL) : NULL;
+  g_autofree char *shown = NULL;
   const char *scheme, *host;
 
   if (uri == NULL || g_uri_get_host (uri) == NULL || g_uri_get_host (uri)[0] == '\0')
     {
+      /* Not a URL: nothing can be told apart as a secret, so say only its length. */
       g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
-                   "%s \"%s\" is not an absolute URL: write it as https://host/path",
-                   what, url != NULL ? url : "");
+                   "%s (%" G_GSIZE_FORMAT " characters) is not an absolute URL: write it as https://host/path",
+                   what, url != NULL ? strlen (url) : 0);
       return FALSE;
     }
   scheme = g_uri_get_scheme (uri);
@@ -117,9 +128,10 @@ pmx_http_check_url (const char  *url,
     return TRUE;
   if (g_ascii_strcasecmp (scheme, "http") == 0 && http_is_loopback (host))
     return TRUE;
+  shown = http_url_shown (uri);
   g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
                "%s \"%s\" must use https:// (plain http is only allowed on a loopback address)",
-               what, url);
+               what, shown);
   return FALSE;
 }
 

@@ -24,6 +24,7 @@ struct _PmxResult {
   char               *remote_id;
   char               *transcript;
   gboolean            session_broken;
+  gboolean            wants_transcript;
 };
 
 struct _PmxReport {
@@ -299,4 +300,17 @@ pmx_report_add (PmxReport     *report,
   item->text = g_strdup_vprintf (format, args);
   va_end (args);
   g_ptr_array_add (report->items, item);
+}
+
+gboolean
+pmx_result_wants_transcript (PmxResult *result)
+{
+  g_return_val_if_fail (result != NULL, FALSE);
+  return result->wants_transcript;
+}
+
+void
+pmx_result_request_transcript (PmxResult *result)
+{
+  result->wants_transcript = TRUE;
 }

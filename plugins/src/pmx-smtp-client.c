@@ -134,6 +134,7 @@ struct _PmxSmtpClient {
   SSL             *ssl;
   guint8           rbuf[16384];
   gsize            rpos, rlen;
+  gboolean         reply_due;         /* sent since the last read: the answer is not there yet */
   SmtpCaps         caps;
   SmtpReply        reply;
   SmtpMech         auth_done;
@@ -146,6 +147,7 @@ struct _PmxSmtpClient {
   /* diagnostics */
   GString         *transcript;
   gboolean         transcript_full;
+  gboolean         transcript_off;    /* this send's result wants none */
   PmxSmtpProbe    *probe;             /* filled while probing, else NULL */
 };
 
@@ -236,7 +238,7 @@ smtp_note (PmxSmtpClient *c,
   g_autofree char *line = NULL;
   va_list args;
 
-  if (c->transcript_full)
+  if (c->transcript_full || c->transcript_off)
     return;
   va_start (args, format);
   line = g_strdup_vprintf (format, args);
@@ -319,6 +321,7 @@ smtp_close (PmxSmtpClient *c)
       c->fd = -1;
     }
   c->rpos = c->rlen = 0;
+  c->reply_due = FALSE;
   c->auth_done = SMTP_MECH_NONE;
   c->n_messages = 0;
   c->need_rset = FALSE;
@@ -419,8 +422,17 @@ smtp_read_some (PmxSmtpClient *c,
         }
       else
         {
-          gssize n = recv (c->fd, buf, len, 0);
+          gssize n;
 
+          /* Right after a write the reply cannot be there yet: wait first
+           * instead of a recv() that can only say EAGAIN. */
+          if (c->reply_due)
+            {
+              c->reply_due = FALSE;
+              if (!smtp_wait (c, POLLIN, deadline, error))
+                return -1;
+            }
+          n = recv (c->fd, buf, len, 0);
           if (n >= 0)
             return n;
           if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -517,6 +529,7 @@ smtp_write_all (PmxSmtpClient *c,
             {
               data += n;
               len -= (gsize) n;
+              c->reply_due = TRUE;
               continue;
             }
           if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -2021,6 +2034,7 @@ pmx_smtp_client_send (PmxSmtpClient     *c,
   g_return_if_fail (c != NULL && env != NULL && result != NULL);
   g_return_if_fail (msg != NULL || len == 0);
 
+  c->transcript_off = !pmx_result_wants_transcript (result);
   if (!smtp_prepare (c, &error))
     {
       PmxFailureClass klass = pmx_smtp_error_get_failure (error);
@@ -2047,8 +2061,10 @@ pmx_smtp_client_send (PmxSmtpClient     *c,
       if (c->state != SMTP_STATE_DISCONNECTED)
         smtp_state (c, SMTP_STATE_READY);
     }
+  c->transcript_off = FALSE;
   transcript = pmx_smtp_client_take_transcript (c);
-  pmx_result_set_transcript (result, transcript);
+  if (transcript[0] != '\0')
+    pmx_result_set_transcript (result, transcript);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -34,6 +34,7 @@ gint64       pmx_result_get_pause          (PmxResult   *result,
 const char  *pmx_result_get_remote_id      (PmxResult *result);
 gboolean     pmx_result_get_session_broken (PmxResult *result);
 const char  *pmx_result_get_transcript     (PmxResult *result);   /* or NULL */
+void         pmx_result_request_transcript (PmxResult *result);
 
 typedef struct {
   PmxCheckStatus status;

@@ -323,7 +323,13 @@ test_urls (void)
   g_assert_true (pmx_http_check_url ("http://[::1]:8080/x", "graph_url", NULL));
   g_assert_false (pmx_http_check_url ("graph.microsoft.com", "graph_url", &error));
   g_assert_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG);
-  g_assert_cmpstr (error->message, ==, "graph_url \"graph.microsoft.com\" is not an absolute URL: write it as https://host/path");
+  g_assert_cmpstr (error->message, ==, "graph_url (19 characters) is not an absolute URL: write it as https://host/path");
+  g_clear_error (&error);
+
+  /* Secrets in user info or the query are never quoted back. */
+  g_assert_false (pmx_http_check_url ("http://user:pw@hooks.example.test:8080/in?key=s3cr3t#f", "url", &error));
+  g_assert_cmpstr (error->message, ==,
+                   "url \"http://hooks.example.test:8080/in\" must use https:// (plain http is only allowed on a loopback address)");
   g_clear_error (&error);
 
   /* Plain http to a remote host: refused before anything is sent. */

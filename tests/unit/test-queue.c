@@ -900,6 +900,55 @@ test_complete_final_states (Fixture       *fx,
   g_assert_cmpint (rcpt (mb, 1)->state, ==, PMX_RCPT_STATE_EXPIRED);
 }
 
+/* covers_all: the state comes from the attempt's outcomes, without
+ * reading the recipients back, and must be the same as the derived one. */
+static void
+test_complete_covers_all (Fixture       *fx,
+                          gconstpointer  data)
+{
+  const char *const two[] = { "r1@example.net", "r2@example.net", NULL };
+  static const struct {
+    PmxRcptState first, second;
+    PmxMsgState  want;
+  } cases[] = {
+    { PMX_RCPT_STATE_DELIVERED, PMX_RCPT_STATE_DELIVERED, PMX_MSG_DELIVERED },
+    { PMX_RCPT_STATE_DELIVERED, PMX_RCPT_STATE_BOUNCED,   PMX_MSG_BOUNCED },
+    { PMX_RCPT_STATE_DELIVERED, PMX_RCPT_STATE_EXPIRED,   PMX_MSG_EXPIRED },
+    { PMX_RCPT_STATE_BOUNCED,   PMX_RCPT_STATE_DEFERRED,  PMX_MSG_DEFERRED },
+  };
+
+  for (gsize c = 0; c < G_N_ELEMENTS (cases); c++)
+    for (int covers = 0; covers <= 1; covers++)
+      {
+        g_autofree char *id = submit (fx->queue, "local", NULL, two, NULL);
+        g_autoptr (PmxQueueMessage) before = get (fx->queue, id);
+        g_autoptr (PmxQueueMessage) msg = NULL;
+        g_autoptr (GPtrArray) leased = lease (fx->queue, G_MAXINT64, 10, "w", G_MAXINT64);
+        const PmxAttemptRecipient outcomes[] = {
+          { "r1@example.net", cases[c].first, 250, NULL, NULL },
+          { "r2@example.net", cases[c].second, 451, NULL, NULL },
+        };
+        PmxAttempt attempt = {
+          .transport = "t", .recipients = outcomes, .n_recipients = 2, .summary = "s",
+          .next_attempt = 4242, .covers_all = covers,
+        };
+        g_autoptr (GError) error = NULL;
+
+        g_assert_cmpuint (leased->len, ==, 1);
+        g_assert_true (pmx_queue_complete (fx->queue, id, &attempt, &error));
+        g_assert_no_error (error);
+        msg = get (fx->queue, id);
+        g_assert_cmpint (msg->state, ==, cases[c].want);
+        g_assert_cmpuint (msg->attempts, ==, 1);
+        /* A deferred message is due at the attempt's next_attempt; a
+         * final one keeps the one it had. */
+        g_assert_cmpint (msg->next_attempt, ==,
+                         cases[c].want == PMX_MSG_DEFERRED ? 4242 : before->next_attempt);
+        if (cases[c].want == PMX_MSG_DEFERRED)
+          g_assert_true (pmx_queue_delete (fx->queue, id, NULL));
+      }
+}
+
 static void
 test_complete_errors (Fixture       *fx,
                       gconstpointer  data)
@@ -1198,6 +1247,43 @@ test_unlease (Fixture       *fx,
   g_assert_no_error (error);
   g_assert_false (pmx_queue_unlease (fx->queue, "0000000000000001", &error));
   g_assert_error (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_NOT_FOUND);
+}
+
+/* A paused transport's message goes back untried: previous state, no
+ * attempt counted, due no earlier than the pause's end (a later due time
+ * it already had is kept). */
+static void
+test_postpone (Fixture       *fx,
+               gconstpointer  data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *a = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autofree char *b = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autoptr (PmxQueueMessage) ma = NULL;
+  g_autoptr (PmxQueueMessage) mb = NULL;
+  g_autoptr (GPtrArray) none = NULL;
+  gint64 later = g_get_real_time () + (gint64) 3600 * G_USEC_PER_SEC;
+  gint64 latest = later + (gint64) 3600 * G_USEC_PER_SEC;
+
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 1, "w", G_MAXINT64));
+  complete_all (fx->queue, a, one_rcpt, PMX_RCPT_STATE_DEFERRED, latest, 100);
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 2, "w", G_MAXINT64));
+
+  g_assert_true (pmx_queue_postpone (fx->queue, a, later, &error));
+  g_assert_true (pmx_queue_postpone (fx->queue, b, later, &error));
+  g_assert_no_error (error);
+  ma = get (fx->queue, a);
+  mb = get (fx->queue, b);
+  g_assert_cmpint (ma->state, ==, PMX_MSG_DEFERRED);
+  g_assert_cmpint (ma->next_attempt, ==, latest);
+  g_assert_cmpuint (ma->attempts, ==, 1);
+  g_assert_cmpint (mb->state, ==, PMX_MSG_QUEUED);
+  g_assert_cmpint (mb->next_attempt, ==, later);
+  g_assert_cmpuint (mb->attempts, ==, 0);
+
+  none = lease (fx->queue, later - 1, 10, "w", G_MAXINT64);
+  g_assert_cmpuint (none->len, ==, 0);
+  g_assert_cmpint (pmx_queue_next_due (fx->queue, NULL), ==, later);
 }
 
 /* ---- admin ---- */
@@ -1504,12 +1590,14 @@ main (int    argc,
   ADD ("/queue/lease/never-leases-a-message-twice", test_lease_not_twice);
   ADD ("/queue/complete/mixed-outcomes-then-final", test_complete_mixed);
   ADD ("/queue/complete/delivered-and-expired-states", test_complete_final_states);
+  ADD ("/queue/complete/covers-all-derives-the-same-state", test_complete_covers_all);
   ADD ("/queue/complete/unknown-id-or-recipient-changes-nothing", test_complete_errors);
   ADD ("/queue/complete/async-calls-back-after-the-commit", test_complete_async);
   ADD ("/queue/complete/async-close-commits-what-is-pending", test_complete_async_close_flushes);
   ADD ("/queue/complete/async-errors-reach-the-callback", test_complete_async_errors);
   ADD ("/queue/release/owners-and-expired-leases-only", test_release_leases);
   ADD ("/queue/unlease/restores-previous-state", test_unlease);
+  ADD ("/queue/release/postpone-untried", test_postpone);
   ADD ("/queue/admin/retry-delete-purge-count-list", test_admin);
   ADD ("/queue/admin/hurry-a-transports-deferred-messages", test_hurry_transport);
   ADD ("/queue/close/refuses-writes-after-shutdown", test_closed_refuses_writes);

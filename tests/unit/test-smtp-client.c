@@ -214,6 +214,7 @@ send_to (PmxSmtpClient      *client,
   env.n_recipients = g_strv_length ((char **) rcpts);
   env.attempt = 1;
   result = pmx_result_new (env.n_recipients);
+  pmx_result_request_transcript (result);
   pmx_smtp_client_send (client, &env, (const guint8 *) message, strlen (message), result);
   return result;
 }
@@ -511,6 +512,31 @@ test_pipelining (void)
   g_assert_nonnull (strstr (json, "\"pipelined\": true"));
 }
 
+/* /smtp/transcript/only-when-asked - an ordinary delivery (the host did not
+ * ask for a transcript) records none, with the same outcomes; the next
+ * send on the same connection that asks gets only its own exchange */
+static void
+test_transcript_only_when_asked (void)
+{
+  g_autoptr(Peer) peer = peer_start ("none", "--pipelining", NULL);
+  PmxSmtpConfig config = config_for (peer, PMX_SMTP_SECURITY_NONE, PMX_SMTP_AUTH_NONE);
+  g_autoptr(PmxSmtpClient) client = pmx_smtp_client_new (&config);
+  const char *const rcpts[] = { "ok@y.test", "fail-550@y.test", NULL };
+  g_autoptr(PmxResult) quiet = pmx_result_new (2);
+  g_autoptr(PmxResult) asked = NULL;
+  PmxEnvelope env = { .queue_id = "Q1", .sender = "a@x.test", .recipients = rcpts,
+                      .n_recipients = 2, .attempt = 1 };
+
+  pmx_smtp_client_send (client, &env, (const guint8 *) test_message, strlen (test_message), quiet);
+  g_assert_null (pmx_result_get_transcript (quiet));
+  assert_recipient (quiet, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
+  assert_recipient (quiet, 1, PMX_RCPT_BOUNCED, 550, "5.7.1", "forced permanent failure (550)");
+
+  asked = send_to (client, rcpts, test_message);
+  g_assert_true (g_str_has_prefix (pmx_result_get_transcript (asked), "C: RSET\nC: MAIL FROM:<a@x.test> SIZE=54\n"));
+  assert_recipient (asked, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000002");
+}
+
 /* /smtp/data/dot-stuffing - the peer gets exactly the message, with bare
  * LF made CRLF and a final CRLF added */
 static void
@@ -787,6 +813,7 @@ main (int    argc,
   g_test_add_func ("/smtp/tls/untrusted-ca", test_untrusted);
   g_test_add_func ("/smtp/rcpt/250-451-550", test_mixed_recipients);
   g_test_add_func ("/smtp/rcpt/none-accepted", test_none_accepted);
+  g_test_add_func ("/smtp/transcript/only-when-asked", test_transcript_only_when_asked);
   g_test_add_func ("/smtp/pipelining", test_pipelining);
   g_test_add_func ("/smtp/data/dot-stuffing", test_dot_stuffing);
   g_test_add_func ("/smtp/size/refused", test_size);

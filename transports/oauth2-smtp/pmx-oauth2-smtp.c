@@ -60,7 +60,8 @@
       \"description\": \"verify the server certificate and name; false only for testing\" }, \
     \"ca_file\": { \"type\": \"string\", \"minLength\": 1, \
       \"description\": \"PEM file of CAs trusted in addition to the system store\" }, \
-    \"tls_min_version\": { \"enum\": [\"1.2\", \"1.3\"], \"default\": \"1.2\" }, \
+    \"tls_min_version\": { \"enum\": [\"1.2\", \"1.3\"], \"default\": \"1.2\", \
+      \"description\": \"lowest TLS version accepted from the server\" }, \
     \"timeouts\": { \"type\": \"object\", \"additionalProperties\": false, \
       \"properties\": { \
         \"connect\": " O2_DURATION ", \

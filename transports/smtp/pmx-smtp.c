@@ -39,7 +39,8 @@
       \"description\": \"starttls requires STARTTLS; tls is implicit TLS (port 465); opportunistic uses STARTTLS when offered\" }, \
     \"auth\": { \"enum\": [\"none\", \"plain\", \"login\", \"cram-md5\", \"auto\"], \
       \"description\": \"SASL mechanism; default auto (strongest offered) with a username, else none\" }, \
-    \"username\": { \"type\": \"string\" }, \
+    \"username\": { \"type\": \"string\", \
+      \"description\": \"the login name (usually the mailbox address); with none, no AUTH\" }, \
     \"password\": { \"type\": \"string\", \
       \"description\": \"the password, or env:NAME / file:/path\" }, \
     \"allow_plaintext_auth\": { \"type\": \"boolean\", \"default\": false, \
@@ -50,7 +51,8 @@
       \"description\": \"verify the server certificate and name; false only for testing\" }, \
     \"ca_file\": { \"type\": \"string\", \"minLength\": 1, \
       \"description\": \"PEM file of CAs trusted in addition to the system store\" }, \
-    \"tls_min_version\": { \"enum\": [\"1.2\", \"1.3\"], \"default\": \"1.2\" }, \
+    \"tls_min_version\": { \"enum\": [\"1.2\", \"1.3\"], \"default\": \"1.2\", \
+      \"description\": \"lowest TLS version accepted from the server\" }, \
     \"timeouts\": { \"type\": \"object\", \"additionalProperties\": false, \
       \"properties\": { \
         \"connect\": " SMTP_DURATION ", \

@@ -87,6 +87,10 @@ void pmx_result_set_remote_id (PmxResult  *result,
 void pmx_result_set_transcript (PmxResult  *result,
                                 const char *transcript);
 
+/* Whether the host will read a transcript of this attempt (`postmux send
+ * --test`).  Ordinary deliveries do not: skip the work of recording one. */
+gboolean pmx_result_wants_transcript (PmxResult *result);
+
 /* The session is unusable after this attempt: the host closes it and opens
  * a new one for the next message. */
 void pmx_result_set_session_broken (PmxResult *result);
