@@ -58,25 +58,25 @@ GError     *pmx_oauth2_error_from_response (const PmxOAuth2Request *req,
 /* pmx-oauth2.c, for pmx-oauth2-login.c: one token request of @grant_type
  * with @fields (name, value, ..., NULL) plus the client authentication and
  * scope, whose answer is recorded like a refresh (refresh token stored). */
-gboolean    pmx_token_source_redeem            (PmxTokenSource     *source,
+G_GNUC_INTERNAL gboolean    pmx_token_source_redeem            (PmxTokenSource     *source,
                                                 const char         *grant_type,
                                                 const char *const  *fields,
                                                 char              **out_error_code,
                                                 GCancellable       *cancellable,
                                                 GError            **error);
 /* A POST of @form to @endpoint answered by any JSON object (transfer full). */
-JsonObject *pmx_token_source_post_raw          (PmxTokenSource     *source,
+G_GNUC_INTERNAL JsonObject *pmx_token_source_post_raw          (PmxTokenSource     *source,
                                                 const char         *endpoint,
                                                 const char         *form,
                                                 GCancellable       *cancellable,
                                                 GError            **error);
-const char *pmx_token_source_get_label         (PmxTokenSource     *source);
-const char *pmx_token_source_get_kind          (PmxTokenSource     *source);
-const char *pmx_token_source_get_grant         (PmxTokenSource     *source);
-const char *pmx_token_source_get_scopes        (PmxTokenSource     *source);
-const char *pmx_token_source_get_authorize_endpoint (PmxTokenSource *source);
-const char *pmx_token_source_get_device_endpoint    (PmxTokenSource *source);
-void        pmx_oauth2_form_add                (GString            *form,
+G_GNUC_INTERNAL const char *pmx_token_source_get_label         (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_kind          (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_grant         (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_scopes        (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_authorize_endpoint (PmxTokenSource *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_device_endpoint    (PmxTokenSource *source);
+G_GNUC_INTERNAL void        pmx_oauth2_form_add                (GString            *form,
                                                 const char         *name,
                                                 const char         *value);
 

@@ -310,6 +310,7 @@ typedef struct {
   char  *message;
   gint64 expires_at;       /* unix seconds */
   guint  interval;         /* seconds between polls */
+  gpointer _pmx_reserved[4];
 } PmxDeviceCode;
 
 /* Asks for a device code.  Google refuses Gmail scopes in this flow: a
