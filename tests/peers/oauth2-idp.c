@@ -56,6 +56,7 @@ struct _OAuth2Idp {
   GHashTable   *refresh_tokens;  /* token -> client_id (live ones) */
   GHashTable   *dead_refresh;    /* token -> client_id (rotated or revoked) */
   GHashTable   *access_tokens;   /* token -> client_id (live ones) */
+  GHashTable   *grants;          /* access token -> GStrv {subject, scope} (JWT bearer grants) */
   GPtrArray    *issued;
   gint64        expires_in;
   guint         delay_ms;
@@ -353,6 +354,21 @@ idp_issue (OAuth2Idp *idp, SoupServerMessage *msg, const char *client_id, const 
   idp_reply_json (msg, SOUP_STATUS_OK, body);
 }
 
+/* idp_record_grant - remember the subject and scope of the access token
+ * idp_issue() has just issued (the last one: every request runs on the
+ * IdP's one thread) */
+static void
+idp_record_grant (OAuth2Idp *idp, const char *subject, const char *scope)
+{
+  char **grant = g_new0 (char *, 3);
+
+  grant[0] = g_strdup (subject != NULL ? subject : "");
+  grant[1] = g_strdup (scope != NULL ? scope : "");
+  g_mutex_lock (&idp->lock);
+  g_hash_table_insert (idp->grants, g_strdup (idp->issued->pdata[idp->issued->len - 1]), grant);
+  g_mutex_unlock (&idp->lock);
+}
+
 /* idp_service_account - the JWT bearer grant */
 static void
 idp_service_account (OAuth2Idp *idp, SoupServerMessage *msg, GHashTable *form, const char *url)
@@ -405,6 +421,7 @@ idp_service_account (OAuth2Idp *idp, SoupServerMessage *msg, GHashTable *form, c
       return;
     }
   idp_issue (idp, msg, iss, NULL, FALSE);
+  idp_record_grant (idp, sub, scope);
 }
 
 /* idp_check_assertion - a client assertion for @client; NULL when good */
@@ -948,6 +965,7 @@ oauth2_idp_new (void)
   idp->access_expiry = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   idp->codes = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, idp_grant_free);
   idp->device_codes = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, idp_grant_free);
+  idp->grants = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_strfreev);
   idp->issued = g_ptr_array_new_with_free_func (g_free);
   idp->paused = g_ptr_array_new_with_free_func (g_object_unref);
   idp->expires_in = 3599;
@@ -987,6 +1005,7 @@ oauth2_idp_free (OAuth2Idp *idp)
   g_hash_table_unref (idp->access_expiry);
   g_hash_table_unref (idp->codes);
   g_hash_table_unref (idp->device_codes);
+  g_hash_table_unref (idp->grants);
   g_ptr_array_unref (idp->issued);
   g_free (idp->last_refusal);
   g_free (idp->url);
@@ -1265,4 +1284,24 @@ oauth2_idp_get_introspections (OAuth2Idp *idp)
   n = idp->introspections;
   g_mutex_unlock (&idp->lock);
   return n;
+}
+
+gboolean
+oauth2_idp_dup_token_grant (OAuth2Idp *idp, const char *token, char **out_client_id,
+                            char **out_subject, char **out_scope)
+{
+  const char *client_id;
+  char **grant;
+
+  g_mutex_lock (&idp->lock);
+  client_id = token != NULL ? g_hash_table_lookup (idp->access_tokens, token) : NULL;
+  grant = client_id != NULL ? g_hash_table_lookup (idp->grants, token) : NULL;
+  if (out_client_id != NULL)
+    *out_client_id = g_strdup (client_id);
+  if (out_subject != NULL)
+    *out_subject = grant != NULL && grant[0][0] != '\0' ? g_strdup (grant[0]) : NULL;
+  if (out_scope != NULL)
+    *out_scope = grant != NULL && grant[1][0] != '\0' ? g_strdup (grant[1]) : NULL;
+  g_mutex_unlock (&idp->lock);
+  return client_id != NULL;
 }

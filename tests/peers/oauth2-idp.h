@@ -56,6 +56,12 @@ guint oauth2_idp_get_requests     (OAuth2Idp *idp, const char *client_id);
 guint oauth2_idp_get_replays      (OAuth2Idp *idp);
 /* Whether @token is a live access token this IdP issued. */
 gboolean oauth2_idp_token_is_valid (OAuth2Idp *idp, const char *token);
+/* Whether @token is a live access token, and for whom: the client (or
+ * service account) it was issued to and, for a service-account JWT grant,
+ * the delegated subject (NULL without delegation) and the scope asked
+ * for.  Outputs are (transfer full) and may be NULL pointers to skip. */
+gboolean oauth2_idp_dup_token_grant (OAuth2Idp *idp, const char *token, char **out_client_id,
+                                     char **out_subject, char **out_scope);
 /* Every access and refresh token ever issued (transfer full). */
 GStrv oauth2_idp_dup_issued       (OAuth2Idp *idp);
 /* The reason of the last refused request, for test diagnostics. */
