@@ -11,6 +11,7 @@ pkgs=(
   libcrypt-dev libnet-ssleay-perl libio-socket-ssl-perl msmtp curl
   clang libclang-rt-14-dev
   make mandoc groff-base sqlite3
+  dovecot-core dovecot-submissiond
 )
 
 missing=()

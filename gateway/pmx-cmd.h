@@ -93,6 +93,7 @@ char      *pmx_cmd_submit         (PmxConfig     *config,
 
 int pmx_cmd_serve  (int argc, char **argv);
 int pmx_cmd_doctor (int argc, char **argv);
+int pmx_cmd_auth   (int argc, char **argv);
 int pmx_cmd_send   (int argc, char **argv);
 int pmx_cmd_queue  (int argc, char **argv);
 int pmx_cmd_config (int argc, char **argv);

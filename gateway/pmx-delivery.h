@@ -46,12 +46,12 @@ guint        pmx_delivery_stop  (PmxDelivery     *delivery,
 
 void         pmx_delivery_free  (PmxDelivery     *delivery);
 
-/* Back-off before retry number @attempts (1 = first retry), no jitter. */
 /* Each transport's state for /v1/health, `postmux queue` and the control
  * socket: {"name": {"state": "ok"|"rate_limited", "rate_limited_until":
  * ISO 8601, "reason": "..."}}. (transfer full) */
 JsonNode    *pmx_delivery_dup_transport_states (PmxDelivery *delivery);
 
+/* Back-off before retry number @attempts (1 = first retry), no jitter. */
 gint64       pmx_delivery_backoff (const PmxRetryConfig *retry,
                                    guint                 attempts);
 

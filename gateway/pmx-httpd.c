@@ -44,6 +44,8 @@
 #include "pmx-schema.h"
 #include "postmux-resources.h"
 
+#include <postmux/postmux.h>
+
 #include <gmime/gmime.h>
 #include <libsoup/soup.h>
 #include <string.h>
@@ -816,18 +818,50 @@ httpd_count_states (PmxQueue *queue,
   return TRUE;
 }
 
+/* httpd_credentials - the OAuth2 credentials of the running transports
+ * (the SDK's token sources, by name): state, expiry, scopes, last refresh
+ * and last error, never a token */
+static JsonNode *
+httpd_credentials (gboolean *out_needs_login)
+{
+  g_autoptr(GPtrArray) sources = pmx_token_source_list ();
+  JsonObject *object = json_object_new ();
+  JsonNode *node = json_node_new (JSON_NODE_OBJECT);
+
+  for (guint i = 0; i < sources->len; i++)
+    {
+      PmxTokenSource *source = g_ptr_array_index (sources, i);
+      g_auto(PmxTokenStatus) status = { 0 };
+      const char *name = pmx_token_source_get_name (source);
+
+      if (name == NULL)
+        continue;
+      pmx_token_source_get_status (source, &status);
+      if (status.state == PMX_TOKEN_STATE_NEEDS_LOGIN)
+        *out_needs_login = TRUE;
+      json_object_set_object_member (object, name, pmx_token_status_to_json (&status));
+    }
+  json_node_take_object (node, object);
+  return node;
+}
+
 /* httpd_work_health - worker: GET /v1/health */
 static void
 httpd_work_health (HttpdJob *job)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(JsonBuilder) b = json_builder_new ();
+  g_autoptr(JsonNode) credentials = NULL;
   gint64 counts[PMX_MSG_EXPIRED + 1];
   gboolean ok = httpd_count_states (job->queue, counts, &error);
+  gboolean needs_login = FALSE;
 
+  credentials = httpd_credentials (&needs_login);
   json_builder_begin_object (b);
   json_builder_set_member_name (b, "status");
-  json_builder_add_string_value (b, ok ? "ok" : "error");
+  /* A credential that needs a login holds its mail back: degraded, not
+   * down (the HTTP status stays 200; the queue still takes mail). */
+  json_builder_add_string_value (b, !ok ? "error" : needs_login ? "degraded" : "ok");
   if (ok)
     {
       json_builder_set_member_name (b, "queue");
@@ -846,6 +880,8 @@ httpd_work_health (HttpdJob *job)
       json_builder_set_member_name (b, "transports");
       json_builder_add_value (b, job->httpd->transports_func (job->httpd->transports_data));
     }
+  json_builder_set_member_name (b, "credentials");
+  json_builder_add_value (b, g_steal_pointer (&credentials));
   json_builder_end_object (b);
   job->status = ok ? SOUP_STATUS_OK : SOUP_STATUS_SERVICE_UNAVAILABLE;
   job->response = httpd_json_text (b);

@@ -65,6 +65,7 @@ typedef enum {
   QUEUE_OP_UNLEASE,
   QUEUE_OP_POSTPONE,
   QUEUE_OP_RETRY,
+  QUEUE_OP_HURRY,
   QUEUE_OP_DELETE,
   QUEUE_OP_PURGE,
   QUEUE_OP_LIMIT_PAGES,
@@ -1149,6 +1150,26 @@ queue_do_retry (QueueConn    *conn,
   }
 }
 
+/* queue_do_hurry - deferred messages of transport req->id due now */
+static gboolean
+queue_do_hurry (QueueConn    *conn,
+                QueueRequest *req,
+                GError      **error)
+{
+  g_auto (QueueStmt) stmt = queue_prepare (conn,
+      "UPDATE messages SET next_attempt = ?2 WHERE state = 'deferred' AND transport = ?1 "
+      "AND next_transport IS NULL AND next_attempt > ?2", error);
+
+  if (stmt == NULL)
+    return FALSE;
+  queue_bind_text (stmt, 1, req->id);
+  sqlite3_bind_int64 (stmt, 2, req->now);
+  if (!queue_step (conn, stmt, "making deferred messages due", NULL, error))
+    return FALSE;
+  req->out_count = sqlite3_changes (conn->db);
+  return TRUE;
+}
+
 /* queue_do_delete - remove a message, its recipients and its log */
 static gboolean
 queue_do_delete (QueueConn    *conn,
@@ -1231,6 +1252,7 @@ queue_do_request (QueueConn    *conn,
     case QUEUE_OP_UNLEASE:
     case QUEUE_OP_POSTPONE:    return queue_do_postpone (conn, req, error);
     case QUEUE_OP_RETRY:       return queue_do_retry (conn, req, error);
+    case QUEUE_OP_HURRY:       return queue_do_hurry (conn, req, error);
     case QUEUE_OP_DELETE:      return queue_do_delete (conn, req, error);
     case QUEUE_OP_PURGE:       return queue_do_purge (conn, req, error);
     case QUEUE_OP_LIMIT_PAGES: return queue_do_limit_pages (conn, req, error);
@@ -1910,6 +1932,22 @@ pmx_queue_retry (PmxQueue   *queue,
   g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
 
   return queue_call (queue, &req, error);
+}
+
+gint64
+pmx_queue_hurry_transport (PmxQueue   *queue,
+                           const char *transport,
+                           GError    **error)
+{
+  QueueRequest req = { .op = QUEUE_OP_HURRY, .id = transport, .now = g_get_real_time () };
+
+  g_return_val_if_fail (queue != NULL, -1);
+  g_return_val_if_fail (transport != NULL, -1);
+  g_return_val_if_fail (error == NULL || *error == NULL, -1);
+
+  if (!queue_call (queue, &req, error))
+    return -1;
+  return req.out_count;
 }
 
 gboolean

@@ -244,6 +244,12 @@ PmxQueueMessage *pmx_queue_get      (PmxQueue    *queue,
 gboolean         pmx_queue_retry    (PmxQueue    *queue,
                                      const char  *id,
                                      GError     **error);
+/* Deferred messages whose last attempt was on @transport (and that wait
+ * for it, not for a failover) become due now, recipients unchanged: after
+ * `postmux auth login` fixed what held them.  Returns how many, or -1. */
+gint64           pmx_queue_hurry_transport (PmxQueue   *queue,
+                                            const char *transport,
+                                            GError    **error);
 gboolean         pmx_queue_delete   (PmxQueue    *queue,
                                      const char  *id,
                                      GError     **error);

@@ -23,6 +23,7 @@ static const struct {
   { "queue", pmx_cmd_queue, "list, show, retry or delete queued messages" },
   { "config", pmx_cmd_config, "check a config file: postmux config check [--config F]" },
   { "doctor", pmx_cmd_doctor, "check one transport: DNS, connection, TLS, login, token" },
+  { "auth", pmx_cmd_auth, "OAuth2 credentials: login TRANSPORT (browser or --device), status, logout TRANSPORT" },
   { "reload", pmx_cmd_reload, "make the running daemon re-read its config (like SIGHUP)" },
   { "passwd", pmx_cmd_passwd, "hash a password for auth.smtp_users, or make an API key (--api-key)" },
   { "sendmail", pmx_cmd_sendmail, "sendmail-compatible: queue a message from stdin (-t, -f, -F, -i)" },

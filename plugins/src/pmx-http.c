@@ -315,6 +315,9 @@ pmx_http_send (PmxHttp              *http,
 
   rc = curl_easy_perform (http->curl);
   curl_easy_getinfo (http->curl, CURLINFO_RESPONSE_CODE, &status);
+  /* The list holds a copy of the Authorization header: wipe it too. */
+  for (struct curl_slist *h = headers; h != NULL; h = h->next)
+    explicit_bzero (h->data, strlen (h->data));
   curl_slist_free_all (headers);
   /* The handle keeps a pointer to the header list and the body: drop them. */
   curl_easy_setopt (http->curl, CURLOPT_HTTPHEADER, NULL);

@@ -161,7 +161,7 @@ http_fix (const PmxOAuth2Request *req, const char *code, gint64 aadsts)
     return "check scopes against the permissions granted to the app";
   if (g_strcmp0 (code, "interaction_required") == 0 || g_strcmp0 (code, "consent_required") == 0
       || g_strcmp0 (code, "login_required") == 0 || g_strcmp0 (code, "invalid_grant") == 0)
-    return "the stored login is no longer valid: run `postmux auth login` for this transport";
+    return "the stored login is no longer valid";
   return NULL;
 }
 
@@ -212,7 +212,12 @@ pmx_oauth2_error_from_response (const PmxOAuth2Request *req,
   {
     g_autofree char *safe_code = g_utf8_make_valid (code, MIN (strlen (code), 64));
 
+    g_autofree char *login = NULL;
     const char *tail = kind == PMX_OAUTH2_ERROR_TEMPORARY ? "will retry" : fix;
+
+    if (kind == PMX_OAUTH2_ERROR_NEEDS_LOGIN)
+      tail = login = g_strdup_printf ("%s: run `postmux auth login %s`", fix != NULL ? fix : "a new login is needed",
+                                      req->name != NULL ? req->name : "TRANSPORT");
 
     return g_error_new (PMX_OAUTH2_ERROR, kind, "%s: token endpoint answered %s%s%s%s%s%s%s%s",
                         req->label, safe_code,
@@ -302,6 +307,8 @@ pmx_oauth2_post_form (const PmxOAuth2Request *req,
     object = json_object_ref (json_node_get_object (root));
   http_wipe_string (call.body);
 
+  if (status == 200 && object != NULL && req->raw)
+    return object;
   if (status == 200 && object != NULL)
     {
       const char *token = json_object_get_string_member_with_default (object, "access_token", NULL);
@@ -327,6 +334,8 @@ pmx_oauth2_post_form (const PmxOAuth2Request *req,
                    req->label, req->endpoint);
       return NULL;
     }
+  if (req->out_error_code != NULL && object != NULL)
+    *req->out_error_code = g_strdup (json_object_get_string_member_with_default (object, "error", NULL));
   g_propagate_error (error, pmx_oauth2_error_from_response (req, status, object));
   if (object != NULL)
     json_object_unref (object);

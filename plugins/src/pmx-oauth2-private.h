@@ -34,12 +34,15 @@ char     *pmx_oauth2_jwt_sign         (JsonObject   *header,
 typedef struct {
   const char *endpoint;
   const char *label;            /* "credential 'o365'" for messages */
+  const char *name;             /* the credential name for `postmux auth login NAME`, or NULL */
   const char *kind;             /* generic, microsoft, google */
   const char *grant;            /* grant_type short name */
   gboolean    service_account;  /* google JWT bearer */
   const char *ca_file;
   guint       connect_timeout_ms;
   guint       timeout_ms;
+  gboolean    raw;              /* return any 200 JSON object (device authorization) */
+  char      **out_error_code;   /* nullable: the provider's "error" code on refusal */
 } PmxOAuth2Request;
 
 gboolean    pmx_oauth2_check_endpoint (const char             *url,
@@ -52,6 +55,31 @@ GError     *pmx_oauth2_error_from_response (const PmxOAuth2Request *req,
                                             long                    http_status,
                                             JsonObject             *body);
 
+/* pmx-oauth2.c, for pmx-oauth2-login.c: one token request of @grant_type
+ * with @fields (name, value, ..., NULL) plus the client authentication and
+ * scope, whose answer is recorded like a refresh (refresh token stored). */
+G_GNUC_INTERNAL gboolean    pmx_token_source_redeem            (PmxTokenSource     *source,
+                                                const char         *grant_type,
+                                                const char *const  *fields,
+                                                char              **out_error_code,
+                                                GCancellable       *cancellable,
+                                                GError            **error);
+/* A POST of @form to @endpoint answered by any JSON object (transfer full). */
+G_GNUC_INTERNAL JsonObject *pmx_token_source_post_raw          (PmxTokenSource     *source,
+                                                const char         *endpoint,
+                                                const char         *form,
+                                                GCancellable       *cancellable,
+                                                GError            **error);
+G_GNUC_INTERNAL const char *pmx_token_source_get_label         (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_kind          (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_grant         (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_scopes        (PmxTokenSource     *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_authorize_endpoint (PmxTokenSource *source);
+G_GNUC_INTERNAL const char *pmx_token_source_get_device_endpoint    (PmxTokenSource *source);
+G_GNUC_INTERNAL void        pmx_oauth2_form_add                (GString            *form,
+                                                const char         *name,
+                                                const char         *value);
+
 /* pmx-token-store.c */
 typedef struct {
   char  *refresh_token;
@@ -60,7 +88,10 @@ typedef struct {
   gint64 last_refresh;
   char  *scopes;
   char  *seed_hash;      /* hash of the configured refresh token it replaced */
+  char  *client_hash;    /* hash of the client authentication the access token came with */
   gboolean needs_login;
+  char  *last_error;     /* the last refresh error's message (never holds a token) */
+  int    last_error_code;
 } PmxTokenStoreData;
 
 gboolean pmx_token_store_load       (const char        *path,

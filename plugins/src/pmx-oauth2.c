@@ -32,6 +32,7 @@
 #define OAUTH2_GOOGLE_JWT_LIFETIME   3600  /* Google: at most 1 hour */
 #define OAUTH2_MICROSOFT_AUTHORITY   "https://login.microsoftonline.com"
 #define OAUTH2_GOOGLE_TOKEN_ENDPOINT "https://oauth2.googleapis.com/token"
+#define OAUTH2_GOOGLE_AUTHORIZE_ENDPOINT "https://accounts.google.com/o/oauth2/v2/auth"
 
 #define GRANT_CLIENT_CREDENTIALS "client_credentials"
 #define GRANT_REFRESH_TOKEN      "refresh_token"
@@ -39,14 +40,23 @@
 
 G_DEFINE_QUARK (pmx-oauth2-error-quark, pmx_oauth2_error)
 
+/* Every live source of the process, oldest first, for `postmux auth` and
+ * /v1/health.  The lock also covers the last unref of a source, so a
+ * lookup never revives one that is being freed. */
+static GMutex     registry_lock;
+static GPtrArray *registry;
+
 struct _PmxTokenSource {
   gatomicrefcount ref;
 
   /* Set at creation, then read-only: no lock needed. */
+  char     *name;           /* the "name" option: transport or credential name */
   char     *label;          /* "credential 'o365'" */
   char     *kind;
   char     *grant;
   char     *endpoint;
+  char     *authorize_endpoint;  /* interactive login; NULL when unknown */
+  char     *device_endpoint;     /* device authorization; NULL when unknown */
   char     *client_id;      /* client_email for a service account */
   char     *client_secret;  /* wiped */
   char     *scopes;         /* space-separated, may be NULL */
@@ -54,6 +64,7 @@ struct _PmxTokenSource {
   char     *ca_file;
   char     *store_path;     /* NULL: memory only */
   char     *seed_hash;      /* hash of the configured refresh token */
+  char     *client_hash;    /* hash of the client authentication (secret or key) */
   EVP_PKEY *key;            /* assertion / service-account key */
   char     *key_id;         /* google private_key_id (JWT kid) */
   char     *x5t;
@@ -299,11 +310,41 @@ source_load_service_account (PmxTokenSource *source,
   return TRUE;
 }
 
-/* source_store_name - the store file name for this credential's identity */
+/* source_client_hash - a hash of how the client authenticates (its secret,
+ * or its key), so that a cached access token is only used by a source that
+ * can prove it is the client the token was issued to */
+static char *
+source_client_hash (PmxTokenSource *source)
+{
+  GChecksum *sum = g_checksum_new (G_CHECKSUM_SHA256);
+  char *hex;
+
+  g_checksum_update (sum, (const guchar *) "postmux-client\n", -1);
+  if (source->client_secret != NULL)
+    g_checksum_update (sum, (const guchar *) source->client_secret, -1);
+  g_checksum_update (sum, (const guchar *) "\n", 1);
+  if (source->key != NULL)
+    {
+      unsigned char *der = NULL;
+      int len = i2d_PublicKey (source->key, &der);
+
+      if (len > 0)
+        g_checksum_update (sum, der, len);
+      OPENSSL_free (der);
+    }
+  hex = g_strdup (g_checksum_get_string (sum));
+  g_checksum_free (sum);
+  return hex;
+}
+
+/* source_store_name - the store file name for this credential: its name
+ * (transport or credential) and identity.  The name keeps two transports
+ * that share an app registration from sharing (and overwriting) tokens. */
 static char *
 source_store_name (PmxTokenSource *source)
 {
-  g_autofree char *identity = g_strjoin ("\n", source->kind, source->endpoint, source->client_id,
+  g_autofree char *identity = g_strjoin ("\n", source->name != NULL ? source->name : "",
+                                         source->kind, source->endpoint, source->client_id,
                                          source->subject ? source->subject : "",
                                          source->scopes ? source->scopes : "", source->grant, NULL);
   g_autofree char *hash = oauth2_sha256_hex (identity);
@@ -318,7 +359,7 @@ source_configure (PmxTokenSource *source,
                   GError        **error)
 {
   const char *kind, *name, *grant, *client_id, *endpoint, *tenant, *authority, *certificate, *sa_file;
-  const char *subject, *ca_file;
+  const char *subject, *ca_file, *authorize, *device;
   double margin, connect_timeout, timeout;
 
   if (!opt_string (options, "kind", &kind, error) || !opt_string (options, "name", &name, error)
@@ -328,6 +369,8 @@ source_configure (PmxTokenSource *source,
       || !opt_string (options, "certificate", &certificate, error)
       || !opt_string (options, "service_account_file", &sa_file, error)
       || !opt_string (options, "subject", &subject, error) || !opt_string (options, "ca_file", &ca_file, error)
+      || !opt_string (options, "authorization_endpoint", &authorize, error)
+      || !opt_string (options, "device_authorization_endpoint", &device, error)
       || !opt_seconds (options, "refresh_margin", OAUTH2_DEFAULT_MARGIN, &margin, error)
       || !opt_seconds (options, "connect_timeout", OAUTH2_DEFAULT_CONNECT_TIMEOUT, &connect_timeout, error)
       || !opt_seconds (options, "timeout", OAUTH2_DEFAULT_TIMEOUT, &timeout, error)
@@ -336,6 +379,9 @@ source_configure (PmxTokenSource *source,
     return FALSE;
 
   source->kind = g_strdup (kind != NULL ? kind : "generic");
+  source->name = g_strdup (name);
+  source->authorize_endpoint = g_strdup (authorize);
+  source->device_endpoint = g_strdup (device);
   source->label = name != NULL ? g_strdup_printf ("credential '%s'", name)
                                : g_strdup_printf ("%s credential", source->kind);
   source->subject = g_strdup (subject);
@@ -365,6 +411,16 @@ source_configure (PmxTokenSource *source,
             base[--n] = '\0';
           source->endpoint = g_strdup_printf ("%s/%s/oauth2/v2.0/token", base, escaped);
         }
+      /* authorize and devicecode sit beside the token endpoint. */
+      if (g_str_has_suffix (source->endpoint, "/token"))
+        {
+          g_autofree char *stem = g_strndup (source->endpoint, strlen (source->endpoint) - strlen ("token"));
+
+          if (source->authorize_endpoint == NULL)
+            source->authorize_endpoint = g_strconcat (stem, "authorize", NULL);
+          if (source->device_endpoint == NULL)
+            source->device_endpoint = g_strconcat (stem, "devicecode", NULL);
+        }
     }
   else if (g_str_equal (source->kind, "google"))
     {
@@ -380,6 +436,8 @@ source_configure (PmxTokenSource *source,
         }
       else if (source->endpoint == NULL)
         source->endpoint = g_strdup (OAUTH2_GOOGLE_TOKEN_ENDPOINT);
+      if (source->authorize_endpoint == NULL)
+        source->authorize_endpoint = g_strdup (OAUTH2_GOOGLE_AUTHORIZE_ENDPOINT);
     }
   else if (g_str_equal (source->kind, "generic"))
     {
@@ -444,6 +502,7 @@ source_configure (PmxTokenSource *source,
                    "%s: client_credentials needs \"client_secret\" or \"certificate\" + \"private_key\"", source->label);
       return FALSE;
     }
+  source->client_hash = source_client_hash (source);
   return TRUE;
 }
 
@@ -488,8 +547,15 @@ source_load_store (PmxTokenSource *source,
         }
     }
 
-  source->access_token = g_steal_pointer (&data.access_token);
-  source->expires_at = data.expires_at;
+  /* An access token cached for another client authentication (the secret
+   * or key was changed) is not ours to use; the refresh token stays. */
+  if (data.access_token != NULL && g_strcmp0 (data.client_hash, source->client_hash) == 0)
+    {
+      source->access_token = g_steal_pointer (&data.access_token);
+      source->expires_at = data.expires_at;
+    }
+  source->last_error = g_steal_pointer (&data.last_error);
+  source->last_error_code = data.last_error_code;
   source->last_refresh = data.last_refresh;
   source->granted_scopes = g_steal_pointer (&data.scopes);
   if (seed != NULL && g_strcmp0 (data.seed_hash, source->seed_hash) != 0)
@@ -523,7 +589,10 @@ source_save_locked (PmxTokenSource *source,
     .last_refresh = source->last_refresh,
     .scopes = source->granted_scopes,
     .seed_hash = source->seed_hash,
+    .client_hash = source->client_hash,
     .needs_login = source->needs_login,
+    .last_error = source->last_error,
+    .last_error_code = source->last_error_code,
   };
 
   if (source->store_path == NULL)
@@ -570,6 +639,12 @@ pmx_token_source_new (JsonObject  *options,
     }
   if (source->store_dirty)
     source_save_or_warn (source);
+
+  g_mutex_lock (&registry_lock);
+  if (registry == NULL)
+    registry = g_ptr_array_new ();
+  g_ptr_array_add (registry, source);
+  g_mutex_unlock (&registry_lock);
   return source;
 }
 
@@ -584,8 +659,21 @@ pmx_token_source_ref (PmxTokenSource *source)
 void
 pmx_token_source_unref (PmxTokenSource *source)
 {
-  if (source == NULL || !g_atomic_ref_count_dec (&source->ref))
+  gboolean last;
+
+  if (source == NULL)
     return;
+  g_mutex_lock (&registry_lock);
+  last = g_atomic_ref_count_dec (&source->ref);
+  if (last && registry != NULL)
+    g_ptr_array_remove (registry, source);
+  g_mutex_unlock (&registry_lock);
+  if (!last)
+    return;
+  g_free (source->name);
+  g_free (source->authorize_endpoint);
+  g_free (source->device_endpoint);
+  g_free (source->client_hash);
   g_free (source->label);
   g_free (source->kind);
   g_free (source->grant);
@@ -724,6 +812,7 @@ source_request (PmxTokenSource *source,
   PmxOAuth2Request req = {
     .endpoint = source->endpoint,
     .label = source->label,
+    .name = source->name,
     .kind = source->kind,
     .grant = source->grant,
     .service_account = source->service_account,
@@ -829,8 +918,10 @@ source_land_locked (PmxTokenSource *source,
       g_clear_pointer (&source->refresh_token, pmx_secret_free);
       g_clear_pointer (&source->access_token, pmx_secret_free);
       source->expires_at = 0;
-      source_save_or_warn (source);
     }
+  /* The error goes to the store too: `postmux auth status` reads it there. */
+  if (!g_error_matches (flight_error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    source_save_or_warn (source);
   g_warning ("%s", flight_error->message);
 
   /* A refresh ahead of expiry that failed for a passing reason leaves the
@@ -840,6 +931,49 @@ source_land_locked (PmxTokenSource *source,
     return;
   if (!g_error_matches (flight_error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
     source->flight_error = g_error_copy (flight_error);
+}
+
+/* source_reload_login_locked - a source that needs a login looks in its
+ * store for one made by `postmux auth login` in another process; TRUE when
+ * it found and adopted a new refresh token */
+static gboolean
+source_reload_login_locked (PmxTokenSource *source)
+{
+  PmxTokenStoreData data = { 0 };
+  g_autoptr(GError) error = NULL;
+  gboolean adopted = FALSE;
+
+  if (source->store_path == NULL || !source->needs_login)
+    return FALSE;
+  if (!pmx_token_store_load (source->store_path, &data, &error))
+    {
+      g_debug ("%s", error->message);
+      return FALSE;
+    }
+  if (data.refresh_token != NULL && !data.needs_login
+      && g_strcmp0 (data.refresh_token, source->refresh_token) != 0)
+    {
+      pmx_secret_free (source->refresh_token);
+      source->refresh_token = g_steal_pointer (&data.refresh_token);
+      pmx_secret_free (source->access_token);
+      source->access_token = NULL;
+      source->expires_at = 0;
+      if (data.access_token != NULL && g_strcmp0 (data.client_hash, source->client_hash) == 0)
+        {
+          source->access_token = g_steal_pointer (&data.access_token);
+          source->expires_at = data.expires_at;
+        }
+      source->last_refresh = data.last_refresh;
+      g_free (source->granted_scopes);
+      source->granted_scopes = g_steal_pointer (&data.scopes);
+      source->needs_login = FALSE;
+      g_clear_pointer (&source->last_error, g_free);
+      g_clear_error (&source->flight_error);
+      g_message ("%s: found a new login in the token store; sending resumes", source->label);
+      adopted = TRUE;
+    }
+  pmx_token_store_data_clear (&data);
+  return adopted;
 }
 
 /* source_dup_usable_locked - the cached token if it has not expired */
@@ -897,12 +1031,14 @@ pmx_token_source_get_token (PmxTokenSource *source,
       if (!force_refresh && source_fresh_locked (source, oauth2_now ()))
         return g_strdup (source->access_token);
 
-      if (source->needs_login && g_str_equal (source->grant, GRANT_REFRESH_TOKEN))
+      if (source->needs_login && g_str_equal (source->grant, GRANT_REFRESH_TOKEN)
+          && !source_reload_login_locked (source))
         {
           g_set_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN,
-                       "%s: %s — run `postmux auth login` for this transport",
+                       "%s: %s — run `postmux auth login %s`",
                        source->label,
-                       source->last_error != NULL ? "the refresh token was refused" : "no refresh token is stored");
+                       source->last_error != NULL ? "the refresh token was refused" : "no refresh token is stored",
+                       source->name != NULL ? source->name : "TRANSPORT");
           return NULL;
         }
 
@@ -1013,6 +1149,7 @@ pmx_token_source_get_status (PmxTokenSource *source,
   g_return_if_fail (out_status != NULL);
 
   locker = g_mutex_locker_new (&source->lock);
+  source_reload_login_locked (source);
   memset (out_status, 0, sizeof *out_status);
   if (source->needs_login)
     out_status->state = PMX_TOKEN_STATE_NEEDS_LOGIN;
@@ -1107,4 +1244,201 @@ pmx_token_source_get_client_id (PmxTokenSource *source)
 {
   g_return_val_if_fail (source != NULL, NULL);
   return source->client_id;
+}
+
+PmxTokenSource *
+pmx_token_source_find (const char *name)
+{
+  PmxTokenSource *found = NULL;
+
+  g_return_val_if_fail (name != NULL, NULL);
+
+  g_mutex_lock (&registry_lock);
+  /* Newest first: after a reload the new instance's source wins. */
+  for (guint i = registry != NULL ? registry->len : 0; i > 0 && found == NULL; i--)
+    {
+      PmxTokenSource *source = registry->pdata[i - 1];
+
+      if (g_strcmp0 (source->name, name) == 0)
+        found = pmx_token_source_ref (source);
+    }
+  g_mutex_unlock (&registry_lock);
+  return found;
+}
+
+GPtrArray *
+pmx_token_source_list (void)
+{
+  GPtrArray *list = g_ptr_array_new_with_free_func ((GDestroyNotify) pmx_token_source_unref);
+
+  g_mutex_lock (&registry_lock);
+  for (guint i = registry != NULL ? registry->len : 0; i > 0; i--)
+    {
+      PmxTokenSource *source = registry->pdata[i - 1];
+      gboolean seen = FALSE;
+
+      for (guint j = 0; j < list->len && !seen; j++)
+        seen = g_strcmp0 (((PmxTokenSource *) list->pdata[j])->name, source->name) == 0;
+      if (!seen)
+        g_ptr_array_add (list, pmx_token_source_ref (source));
+    }
+  g_mutex_unlock (&registry_lock);
+  return list;
+}
+
+const char *
+pmx_token_source_get_name (PmxTokenSource *source)
+{
+  g_return_val_if_fail (source != NULL, NULL);
+  return source->name;
+}
+
+const char *
+pmx_token_source_get_label (PmxTokenSource *source)
+{
+  return source->label;
+}
+
+const char *
+pmx_token_source_get_kind (PmxTokenSource *source)
+{
+  return source->kind;
+}
+
+const char *
+pmx_token_source_get_grant (PmxTokenSource *source)
+{
+  return source->grant;
+}
+
+const char *
+pmx_token_source_get_scopes (PmxTokenSource *source)
+{
+  return source->scopes;
+}
+
+const char *
+pmx_token_source_get_authorize_endpoint (PmxTokenSource *source)
+{
+  return source->authorize_endpoint;
+}
+
+const char *
+pmx_token_source_get_device_endpoint (PmxTokenSource *source)
+{
+  return source->device_endpoint;
+}
+
+void
+pmx_oauth2_form_add (GString *form, const char *name, const char *value)
+{
+  form_add (form, name, value);
+}
+
+/* source_request_for - a PmxOAuth2Request to @endpoint for @grant */
+static PmxOAuth2Request
+source_request_for (PmxTokenSource *source,
+                    const char     *endpoint,
+                    const char     *grant)
+{
+  PmxOAuth2Request req = {
+    .endpoint = endpoint,
+    .label = source->label,
+    .name = source->name,
+    .kind = source->kind,
+    .grant = grant,
+    .service_account = source->service_account,
+    .ca_file = source->ca_file,
+    .connect_timeout_ms = source->connect_timeout_ms,
+    .timeout_ms = source->timeout_ms,
+  };
+
+  return req;
+}
+
+JsonObject *
+pmx_token_source_post_raw (PmxTokenSource *source,
+                           const char     *endpoint,
+                           const char     *form,
+                           GCancellable   *cancellable,
+                           GError        **error)
+{
+  PmxOAuth2Request req = source_request_for (source, endpoint, "device_authorization");
+
+  req.raw = TRUE;
+  return pmx_oauth2_post_form (&req, form, cancellable, error);
+}
+
+gboolean
+pmx_token_source_redeem (PmxTokenSource     *source,
+                         const char         *grant_type,
+                         const char *const  *fields,
+                         char              **out_error_code,
+                         GCancellable       *cancellable,
+                         GError            **error)
+{
+  PmxOAuth2Request req = source_request_for (source, source->endpoint, grant_type);
+  g_autoptr(GError) flight_error = NULL;
+  GString *form = g_string_new (NULL);
+  JsonObject *answer;
+  char *jwt = NULL;
+  gboolean ok;
+
+  if (source->key != NULL && !source->service_account)
+    {
+      jwt = source_sign_jwt (source, error);
+      if (jwt == NULL)
+        {
+          g_string_free (form, TRUE);
+          return FALSE;
+        }
+    }
+  form_add (form, "grant_type", grant_type);
+  form_add (form, "client_id", source->client_id);
+  for (guint i = 0; fields != NULL && fields[i] != NULL && fields[i + 1] != NULL; i += 2)
+    form_add (form, fields[i], fields[i + 1]);
+  if (jwt != NULL)
+    {
+      form_add (form, "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+      form_add (form, "client_assertion", jwt);
+      pmx_secret_free (jwt);
+    }
+  else if (source->client_secret != NULL)
+    form_add (form, "client_secret", source->client_secret);
+  if (source->scopes != NULL)
+    form_add (form, "scope", source->scopes);
+
+  req.out_error_code = out_error_code;
+  answer = pmx_oauth2_post_form (&req, form->str, cancellable, &flight_error);
+  explicit_bzero (form->str, form->allocated_len);
+  g_string_free (form, TRUE);
+  if (answer == NULL)
+    {
+      g_propagate_error (error, g_steal_pointer (&flight_error));
+      return FALSE;
+    }
+  if (json_object_get_string_member_with_default (answer, "refresh_token", NULL) == NULL)
+    {
+      json_object_unref (answer);
+      g_set_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_AUTH,
+                   "%s: the login worked but %s issued no refresh token, so the gateway could not "
+                   "renew access — ask for offline access (Microsoft: add the offline_access scope; "
+                   "Google: the login asks with access_type=offline)", source->label, source->endpoint);
+      return FALSE;
+    }
+  g_mutex_lock (&source->lock);
+  /* The login replaces whatever refresh token was held. */
+  g_clear_pointer (&source->refresh_token, pmx_secret_free);
+  source_land_locked (source, answer, NULL);
+  ok = !source->store_dirty;
+  g_mutex_unlock (&source->lock);
+  json_object_unref (answer);
+  if (!ok)
+    {
+      g_set_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_FAILED,
+                   "%s: the login worked but the token store %s could not be written — check the "
+                   "state directory's permissions and log in again", source->label, source->store_path);
+      return FALSE;
+    }
+  return TRUE;
 }

@@ -26,6 +26,9 @@ pmx_token_store_data_clear (PmxTokenStoreData *data)
   g_clear_pointer (&data->access_token, pmx_secret_free);
   g_clear_pointer (&data->scopes, g_free);
   g_clear_pointer (&data->seed_hash, g_free);
+  g_clear_pointer (&data->client_hash, g_free);
+  g_clear_pointer (&data->last_error, g_free);
+  data->last_error_code = 0;
   data->expires_at = 0;
   data->last_refresh = 0;
   data->needs_login = FALSE;
@@ -98,6 +101,9 @@ pmx_token_store_load (const char        *path,
   out_data->scopes = store_dup_string (object, "scopes");
   out_data->seed_hash = store_dup_string (object, "seed_hash");
   out_data->needs_login = json_object_get_boolean_member_with_default (object, "needs_login", FALSE);
+  out_data->client_hash = store_dup_string (object, "client_hash");
+  out_data->last_error = store_dup_string (object, "last_error");
+  out_data->last_error_code = (int) json_object_get_int_member_with_default (object, "last_error_code", 0);
   return TRUE;
 }
 
@@ -127,6 +133,8 @@ pmx_token_store_save (const char              *path,
   STORE_ADD_STRING ("access_token", data->access_token);
   STORE_ADD_STRING ("scopes", data->scopes);
   STORE_ADD_STRING ("seed_hash", data->seed_hash);
+  STORE_ADD_STRING ("client_hash", data->client_hash);
+  STORE_ADD_STRING ("last_error", data->last_error);
 #undef STORE_ADD_STRING
   json_builder_set_member_name (builder, "expires_at");
   json_builder_add_int_value (builder, data->expires_at);
@@ -134,6 +142,11 @@ pmx_token_store_save (const char              *path,
   json_builder_add_int_value (builder, data->last_refresh);
   json_builder_set_member_name (builder, "needs_login");
   json_builder_add_boolean_value (builder, data->needs_login);
+  if (data->last_error != NULL)
+    {
+      json_builder_set_member_name (builder, "last_error_code");
+      json_builder_add_int_value (builder, data->last_error_code);
+    }
   json_builder_end_object (builder);
 
   root = json_builder_get_root (builder);

@@ -29,7 +29,18 @@ typedef struct {
   char         *error_body;
   guint         requests;
   char         *token_roles;     /* set: access tokens are JWT-shaped with these roles */
+  char         *username;        /* introspection "username"; NULL: client_id */
 } IdpClient;
+
+/* An authorization code from /authorize, or a device code from /devicecode. */
+typedef struct {
+  char    *client_id;
+  char    *redirect_uri;
+  char    *challenge;
+  char    *user_code;            /* device codes */
+  gboolean approved;             /* device codes */
+  gint64   expires;              /* unix seconds */
+} IdpGrant;
 
 struct _OAuth2Idp {
   GThread      *thread;
@@ -53,7 +64,25 @@ struct _OAuth2Idp {
   guint         requests;
   guint         replays;
   char         *last_refusal;
+  GHashTable   *access_expiry;   /* token -> gint64 * unix expiry */
+  GHashTable   *codes;           /* authorization code -> IdpGrant */
+  GHashTable   *device_codes;    /* device code -> IdpGrant */
+  guint         authorizations;  /* /authorize requests answered with a code */
+  guint         introspections;
 };
+
+/* idp_grant_free - free an IdpGrant */
+static void
+idp_grant_free (gpointer data)
+{
+  IdpGrant *grant = data;
+
+  g_free (grant->client_id);
+  g_free (grant->redirect_uri);
+  g_free (grant->challenge);
+  g_free (grant->user_code);
+  g_free (grant);
+}
 
 /* idp_client_free - free a client record */
 static void
@@ -70,6 +99,7 @@ idp_client_free (gpointer data)
   g_free (client->allowed_scopes);
   g_free (client->error_body);
   g_free (client->token_roles);
+  g_free (client->username);
   g_free (client);
 }
 
@@ -336,6 +366,8 @@ idp_issue (OAuth2Idp *idp, SoupServerMessage *msg, const char *client_id, const 
 
   g_mutex_lock (&idp->lock);
   g_hash_table_insert (idp->access_tokens, g_strdup (access), g_strdup (client_id));
+  g_hash_table_insert (idp->access_expiry, g_strdup (access),
+                       g_memdup2 (&(gint64) { g_get_real_time () / G_USEC_PER_SEC + idp->expires_in }, sizeof (gint64)));
   g_ptr_array_add (idp->issued, g_strdup (access));
   if (refresh != NULL)
     {
@@ -535,7 +567,248 @@ idp_token (OAuth2Idp *idp, SoupServerMessage *msg, GHashTable *form, const char 
       idp_issue (idp, msg, client_id, scope, TRUE);
       return;
     }
+  if (g_strcmp0 (grant, "authorization_code") == 0)
+    {
+      const char *code = g_hash_table_lookup (form, "code");
+      const char *verifier = g_hash_table_lookup (form, "code_verifier");
+      const char *redirect_uri = g_hash_table_lookup (form, "redirect_uri");
+      IdpGrant *record;
+      const char *reason = NULL;
+
+      g_mutex_lock (&idp->lock);
+      record = code != NULL ? g_hash_table_lookup (idp->codes, code) : NULL;
+      if (record == NULL)
+        reason = "AADSTS70000: The provided authorization code is invalid or has been used.";
+      else if (g_strcmp0 (record->client_id, client_id) != 0)
+        reason = "AADSTS70000: The code was issued to another client.";
+      else if (g_strcmp0 (record->redirect_uri, redirect_uri) != 0)
+        reason = "AADSTS50148: The redirect_uri does not match the one of the authorization request.";
+      else if (record->expires <= g_get_real_time () / G_USEC_PER_SEC)
+        reason = "AADSTS54005: The authorization code has expired.";
+      else
+        {
+          guint8 digest[32];
+          gsize digest_len = sizeof digest;
+          GChecksum *sum = g_checksum_new (G_CHECKSUM_SHA256);
+          g_autofree char *expected = NULL;
+
+          g_checksum_update (sum, (const guchar *) (verifier != NULL ? verifier : ""), -1);
+          g_checksum_get_digest (sum, digest, &digest_len);
+          g_checksum_free (sum);
+          expected = idp_b64url (digest, digest_len);
+          if (verifier == NULL || strlen (verifier) < 43 || g_strcmp0 (expected, record->challenge) != 0)
+            reason = "AADSTS501481: The Code_Verifier does not match the code_challenge supplied in the authorization request.";
+        }
+      /* A code is good for one try, right or wrong (RFC 6749 §4.1.2). */
+      if (record != NULL)
+        g_hash_table_remove (idp->codes, code);
+      g_mutex_unlock (&idp->lock);
+      if (reason != NULL)
+        {
+          idp_refuse (idp, msg, 400, "invalid_grant", reason);
+          return;
+        }
+      idp_issue (idp, msg, client_id, scope, TRUE);
+      return;
+    }
+  if (g_strcmp0 (grant, "urn:ietf:params:oauth:grant-type:device_code") == 0)
+    {
+      const char *device_code = g_hash_table_lookup (form, "device_code");
+      IdpGrant *record;
+      const char *error = NULL;
+
+      g_mutex_lock (&idp->lock);
+      record = device_code != NULL ? g_hash_table_lookup (idp->device_codes, device_code) : NULL;
+      if (record == NULL || g_strcmp0 (record->client_id, client_id) != 0)
+        error = "bad_verification_code";
+      else if (record->expires <= g_get_real_time () / G_USEC_PER_SEC)
+        error = "expired_token";
+      else if (!record->approved)
+        error = "authorization_pending";
+      else
+        g_hash_table_remove (idp->device_codes, device_code);
+      g_mutex_unlock (&idp->lock);
+      if (error != NULL)
+        {
+          idp_refuse (idp, msg, 400, error, "AADSTS70016: OAuth 2.0 device flow error.");
+          return;
+        }
+      idp_issue (idp, msg, client_id, scope, TRUE);
+      return;
+    }
   idp_refuse (idp, msg, 400, "unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type.");
+}
+
+/* idp_is_loopback_redirect - http://127.0.0.1:PORT/... or http://localhost:PORT/... */
+static gboolean
+idp_is_loopback_redirect (const char *redirect_uri)
+{
+  g_autoptr(GUri) uri = redirect_uri != NULL ? g_uri_parse (redirect_uri, G_URI_FLAGS_NONE, NULL) : NULL;
+
+  return uri != NULL && g_strcmp0 (g_uri_get_scheme (uri), "http") == 0
+         && (g_strcmp0 (g_uri_get_host (uri), "127.0.0.1") == 0 || g_strcmp0 (g_uri_get_host (uri), "localhost") == 0)
+         && g_uri_get_port (uri) > 0 && g_uri_get_fragment (uri) == NULL;
+}
+
+/* idp_authorize - GET .../authorize: the user "signs in" at once (a test
+ * IdP has no user); the redirect carries a one-time code bound to the
+ * client, the redirect URI and the PKCE challenge */
+static void
+idp_authorize (OAuth2Idp *idp, SoupServerMessage *msg, GHashTable *query)
+{
+  const char *client_id = query != NULL ? g_hash_table_lookup (query, "client_id") : NULL;
+  const char *redirect_uri = query != NULL ? g_hash_table_lookup (query, "redirect_uri") : NULL;
+  const char *state = query != NULL ? g_hash_table_lookup (query, "state") : NULL;
+  const char *challenge = query != NULL ? g_hash_table_lookup (query, "code_challenge") : NULL;
+  const char *method = query != NULL ? g_hash_table_lookup (query, "code_challenge_method") : NULL;
+  const char *response_type = query != NULL ? g_hash_table_lookup (query, "response_type") : NULL;
+  g_autofree char *code = NULL;
+  g_autofree char *location = NULL;
+  g_autofree char *escaped_code = NULL;
+  g_autofree char *escaped_state = NULL;
+  const char *reason = NULL;
+  gboolean known;
+
+  g_mutex_lock (&idp->lock);
+  known = client_id != NULL && g_hash_table_contains (idp->clients, client_id);
+  g_mutex_unlock (&idp->lock);
+  if (g_strcmp0 (soup_server_message_get_method (msg), "GET") != 0)
+    reason = "GET the authorize endpoint";
+  else if (!known)
+    reason = "AADSTS700016: Application with identifier was not found in the directory.";
+  else if (g_strcmp0 (response_type, "code") != 0)
+    reason = "AADSTS900144: response_type must be code.";
+  else if (!idp_is_loopback_redirect (redirect_uri))
+    reason = "AADSTS50011: The redirect URI must be a loopback URL with a port (RFC 8252).";
+  else if (state == NULL || strlen (state) < 16)
+    reason = "state must be an unguessable value";
+  else if (g_strcmp0 (method, "S256") != 0 || challenge == NULL || strlen (challenge) != 43)
+    reason = "AADSTS9002325: Proof Key for Code Exchange (S256) is required.";
+  if (reason != NULL)
+    {
+      /* Errors before the redirect URI is trusted are shown, not redirected. */
+      idp_refuse (idp, msg, 400, "invalid_request", reason);
+      return;
+    }
+
+  code = idp_random_token ();
+  {
+    IdpGrant *record = g_new0 (IdpGrant, 1);
+
+    record->client_id = g_strdup (client_id);
+    record->redirect_uri = g_strdup (redirect_uri);
+    record->challenge = g_strdup (challenge);
+    record->expires = g_get_real_time () / G_USEC_PER_SEC + 600;
+    g_mutex_lock (&idp->lock);
+    g_hash_table_insert (idp->codes, g_strdup (code), record);
+    idp->authorizations++;
+    g_mutex_unlock (&idp->lock);
+  }
+  escaped_code = g_uri_escape_string (code, NULL, FALSE);
+  escaped_state = g_uri_escape_string (state, NULL, FALSE);
+  location = g_strdup_printf ("%s%scode=%s&state=%s", redirect_uri, strchr (redirect_uri, '?') != NULL ? "&" : "?",
+                              escaped_code, escaped_state);
+  soup_server_message_set_redirect (msg, 302, location);
+}
+
+/* idp_devicecode - POST .../devicecode (RFC 8628 §3.1, Entra ID shape) */
+static void
+idp_devicecode (OAuth2Idp *idp, SoupServerMessage *msg, GHashTable *form)
+{
+  const char *client_id = g_hash_table_lookup (form, "client_id");
+  g_autofree char *device_code = idp_random_token ();
+  g_autofree char *user_code = g_strdup_printf ("%08X", g_random_int ());
+  g_autofree char *verification_uri = g_strdup_printf ("%s/device", idp->url);
+  g_autoptr(JsonBuilder) b = json_builder_new ();
+  g_autoptr(JsonNode) root = NULL;
+  g_autofree char *body = NULL;
+  g_autofree char *message = NULL;
+  IdpGrant *record;
+  gboolean known;
+
+  g_mutex_lock (&idp->lock);
+  known = client_id != NULL && g_hash_table_contains (idp->clients, client_id);
+  g_mutex_unlock (&idp->lock);
+  if (!known)
+    {
+      idp_refuse (idp, msg, 400, "unauthorized_client", "AADSTS700016: Application with identifier was not found in the directory.");
+      return;
+    }
+  record = g_new0 (IdpGrant, 1);
+  record->client_id = g_strdup (client_id);
+  record->user_code = g_strdup (user_code);
+  record->expires = g_get_real_time () / G_USEC_PER_SEC + 900;
+  g_mutex_lock (&idp->lock);
+  g_hash_table_insert (idp->device_codes, g_strdup (device_code), record);
+  g_mutex_unlock (&idp->lock);
+
+  message = g_strdup_printf ("To sign in, use a web browser to open the page %s and enter the code %s to authenticate.",
+                             verification_uri, user_code);
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "device_code");
+  json_builder_add_string_value (b, device_code);
+  json_builder_set_member_name (b, "user_code");
+  json_builder_add_string_value (b, user_code);
+  json_builder_set_member_name (b, "verification_uri");
+  json_builder_add_string_value (b, verification_uri);
+  json_builder_set_member_name (b, "expires_in");
+  json_builder_add_int_value (b, 900);
+  json_builder_set_member_name (b, "interval");
+  json_builder_add_int_value (b, 1);
+  json_builder_set_member_name (b, "message");
+  json_builder_add_string_value (b, message);
+  json_builder_end_object (b);
+  root = json_builder_get_root (b);
+  body = json_to_string (root, FALSE);
+  idp_reply_json (msg, SOUP_STATUS_OK, body);
+}
+
+/* idp_introspect - POST .../introspect (RFC 7662): what Dovecot's oauth2
+ * passdb asks; "active" only for a live, unexpired access token */
+static void
+idp_introspect (OAuth2Idp *idp, SoupServerMessage *msg, GHashTable *form)
+{
+  const char *token = form != NULL ? g_hash_table_lookup (form, "token") : NULL;
+  g_autoptr(JsonBuilder) b = json_builder_new ();
+  g_autoptr(JsonNode) root = NULL;
+  g_autofree char *body = NULL;
+  const char *client_id = NULL;
+  const char *username = NULL;
+  gint64 exp = 0;
+
+  g_mutex_lock (&idp->lock);
+  idp->introspections++;
+  if (token != NULL)
+    client_id = g_hash_table_lookup (idp->access_tokens, token);
+  if (client_id != NULL)
+    {
+      IdpClient *client = g_hash_table_lookup (idp->clients, client_id);
+      gint64 *expiry = g_hash_table_lookup (idp->access_expiry, token);
+
+      exp = expiry != NULL ? *expiry : 0;
+      username = client != NULL && client->username != NULL ? client->username : client_id;
+      if (exp <= g_get_real_time () / G_USEC_PER_SEC)
+        client_id = NULL;
+    }
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "active");
+  json_builder_add_boolean_value (b, client_id != NULL);
+  if (client_id != NULL)
+    {
+      json_builder_set_member_name (b, "username");
+      json_builder_add_string_value (b, username);
+      json_builder_set_member_name (b, "client_id");
+      json_builder_add_string_value (b, client_id);
+      json_builder_set_member_name (b, "token_type");
+      json_builder_add_string_value (b, "Bearer");
+      json_builder_set_member_name (b, "exp");
+      json_builder_add_int_value (b, exp);
+    }
+  json_builder_end_object (b);
+  g_mutex_unlock (&idp->lock);
+  root = json_builder_get_root (b);
+  body = json_to_string (root, FALSE);
+  idp_reply_json (msg, SOUP_STATUS_OK, body);
 }
 
 /* idp_mode_for - the mode of the client named in the request */
@@ -600,6 +873,31 @@ idp_handler (SoupServer        *server,
   guint error_status = 0;
   guint delay;
   OAuth2IdpMode mode;
+
+  /* Login and introspection endpoints are not token requests: they are
+   * neither counted nor subject to a client's failure mode. */
+  if (g_str_has_suffix (path, "/authorize"))
+    {
+      idp_authorize (idp, msg, query);
+      return;
+    }
+  if (g_str_has_suffix (path, "/devicecode") || g_str_has_suffix (path, "/introspect"))
+    {
+      content_type = soup_message_headers_get_content_type (soup_server_message_get_request_headers (msg), NULL);
+      if (g_strcmp0 (soup_server_message_get_method (msg), "POST") != 0
+          || g_strcmp0 (content_type, "application/x-www-form-urlencoded") != 0)
+        {
+          idp_refuse (idp, msg, 400, "invalid_request", "POST application/x-www-form-urlencoded");
+          return;
+        }
+      body_text = g_strndup (request_body->data, request_body->length);
+      form = soup_form_decode (body_text);
+      if (g_str_has_suffix (path, "/devicecode"))
+        idp_devicecode (idp, msg, form);
+      else
+        idp_introspect (idp, msg, form);
+      return;
+    }
 
   g_mutex_lock (&idp->lock);
   idp->requests++;
@@ -710,6 +1008,9 @@ oauth2_idp_new (void)
   idp->refresh_tokens = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   idp->dead_refresh = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   idp->access_tokens = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  idp->access_expiry = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  idp->codes = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, idp_grant_free);
+  idp->device_codes = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, idp_grant_free);
   idp->grants = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_strfreev);
   idp->issued = g_ptr_array_new_with_free_func (g_free);
   idp->paused = g_ptr_array_new_with_free_func (g_object_unref);
@@ -747,6 +1048,9 @@ oauth2_idp_free (OAuth2Idp *idp)
   g_hash_table_unref (idp->refresh_tokens);
   g_hash_table_unref (idp->dead_refresh);
   g_hash_table_unref (idp->access_tokens);
+  g_hash_table_unref (idp->access_expiry);
+  g_hash_table_unref (idp->codes);
+  g_hash_table_unref (idp->device_codes);
   g_hash_table_unref (idp->grants);
   g_ptr_array_unref (idp->issued);
   g_free (idp->last_refusal);
@@ -977,6 +1281,68 @@ oauth2_idp_dup_last_refusal (OAuth2Idp *idp)
   reason = g_strdup (idp->last_refusal);
   g_mutex_unlock (&idp->lock);
   return reason;
+}
+
+void
+oauth2_idp_set_username (OAuth2Idp *idp, const char *client_id, const char *username)
+{
+  IdpClient *client;
+
+  g_mutex_lock (&idp->lock);
+  client = g_hash_table_lookup (idp->clients, client_id);
+  g_assert_nonnull (client);
+  g_free (client->username);
+  client->username = g_strdup (username);
+  g_mutex_unlock (&idp->lock);
+}
+
+void
+oauth2_idp_revoke_access_tokens (OAuth2Idp *idp, const char *client_id)
+{
+  g_mutex_lock (&idp->lock);
+  idp_remove_client_tokens (idp->access_tokens, NULL, client_id);
+  g_mutex_unlock (&idp->lock);
+}
+
+gboolean
+oauth2_idp_approve_device (OAuth2Idp *idp, const char *user_code)
+{
+  GHashTableIter iter;
+  gpointer value;
+  gboolean found = FALSE;
+
+  g_mutex_lock (&idp->lock);
+  g_hash_table_iter_init (&iter, idp->device_codes);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    if (g_strcmp0 (((IdpGrant *) value)->user_code, user_code) == 0)
+      {
+        ((IdpGrant *) value)->approved = TRUE;
+        found = TRUE;
+      }
+  g_mutex_unlock (&idp->lock);
+  return found;
+}
+
+guint
+oauth2_idp_get_authorizations (OAuth2Idp *idp)
+{
+  guint n;
+
+  g_mutex_lock (&idp->lock);
+  n = idp->authorizations;
+  g_mutex_unlock (&idp->lock);
+  return n;
+}
+
+guint
+oauth2_idp_get_introspections (OAuth2Idp *idp)
+{
+  guint n;
+
+  g_mutex_lock (&idp->lock);
+  n = idp->introspections;
+  g_mutex_unlock (&idp->lock);
+  return n;
 }
 
 gboolean

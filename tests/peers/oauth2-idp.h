@@ -71,4 +71,23 @@ GStrv oauth2_idp_dup_issued       (OAuth2Idp *idp);
 /* The reason of the last refused request, for test diagnostics. */
 char *oauth2_idp_dup_last_refusal (OAuth2Idp *idp);
 
+/* Interactive logins and token validation (for real SMTP servers):
+ *   GET  /authorize   authorization code + PKCE (S256), loopback redirect
+ *                     only; signs in at once and redirects with a one-time
+ *                     code bound to client, redirect URI and challenge
+ *   POST /token       grant_type=authorization_code (checks the verifier)
+ *                     and urn:ietf:params:oauth:grant-type:device_code
+ *   POST /devicecode  RFC 8628 device authorization (interval 1 s)
+ *   POST /introspect  RFC 7662: {"active":true,"username",...} for a live,
+ *                     unexpired access token, else {"active":false}
+ * None of these count as token requests. */
+/* The introspection "username" of @client_id's tokens (default: client_id). */
+void  oauth2_idp_set_username          (OAuth2Idp *idp, const char *client_id, const char *username);
+/* Revoke every access token of @client_id. */
+void  oauth2_idp_revoke_access_tokens  (OAuth2Idp *idp, const char *client_id);
+/* The user signs in for the device code @user_code; FALSE when unknown. */
+gboolean oauth2_idp_approve_device     (OAuth2Idp *idp, const char *user_code);
+guint oauth2_idp_get_authorizations    (OAuth2Idp *idp);
+guint oauth2_idp_get_introspections    (OAuth2Idp *idp);
+
 G_END_DECLS

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <glib/gstdio.h>
 #include <openssl/pem.h>
+#include <libsoup/soup.h>
 #include <openssl/x509.h>
 
 static OAuth2Idp *idp;
@@ -837,6 +838,258 @@ test_config_errors (void)
     }
 }
 
+/* The store key carries the credential name and the cached access token
+ * is bound to the client authentication: a transport with a wrong secret
+ * never uses another transport's token. */
+static void
+test_store_key_per_credential (void)
+{
+  g_autofree char *dir = store_dir_new ();
+  g_autoptr(JsonObject) good_options = NULL;
+  g_autoptr(JsonObject) wrong_options = NULL;
+  g_autoptr(JsonObject) renamed_wrong = NULL;
+  g_autoptr(PmxTokenSource) good = NULL;
+  g_autoptr(PmxTokenSource) wrong = NULL;
+  g_autoptr(PmxTokenSource) renamed = NULL;
+  g_autoptr(GError) error = NULL;
+  g_auto(PmxTokenStatus) good_status = { 0 };
+  g_auto(PmxTokenStatus) wrong_status = { 0 };
+  guint requests;
+  char *token;
+
+  oauth2_idp_add_secret_client (idp, "shared-app", "right-secret");
+  good_options = generic_options ("shared-app", "right-secret", NULL);
+  good = source_new (good_options, dir);
+  token = get_token_ok (good, FALSE);
+  pmx_secret_free (token);
+
+  /* Same app registration, same endpoint and scopes, another transport
+   * name and a wrong secret: its own store file, and no token. */
+  wrong_options = generic_options ("shared-app", "wrong-secret", NULL);
+  json_object_set_string_member (wrong_options, "name", "other-transport");
+  wrong = source_new (wrong_options, dir);
+  pmx_token_source_get_status (good, &good_status);
+  pmx_token_source_get_status (wrong, &wrong_status);
+  g_assert_cmpstr (good_status.store_path, !=, wrong_status.store_path);
+  g_assert_cmpint (wrong_status.expires_at, ==, 0);
+  requests = oauth2_idp_get_requests (idp, "shared-app");
+  error = get_token_error (wrong, FALSE);
+  g_assert_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_AUTH);
+  g_assert_nonnull (strstr (error->message, "invalid_client"));
+  g_assert_cmpuint (oauth2_idp_get_requests (idp, "shared-app"), ==, requests + 1);
+  g_clear_error (&error);
+
+  /* Same name as the good one but a wrong secret (the operator edited the
+   * secret): same store file, yet the cached access token is not used. */
+  renamed_wrong = generic_options ("shared-app", "wrong-secret", NULL);
+  renamed = source_new (renamed_wrong, dir);
+  error = get_token_error (renamed, FALSE);
+  g_assert_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_AUTH);
+  g_assert_cmpuint (oauth2_idp_get_requests (idp, "shared-app"), ==, requests + 2);
+}
+
+/* A source that needs a login adopts one that another process (postmux
+ * auth login) wrote into the store. */
+static void
+test_needs_login_adopts_store (void)
+{
+  g_autofree char *dir = store_dir_new ();
+  g_autofree char *seed = NULL;
+  g_autofree char *fresh = NULL;
+  g_autoptr(JsonObject) options = NULL;
+  g_autoptr(PmxTokenSource) daemon = NULL;
+  g_autoptr(PmxTokenSource) cli = NULL;
+  g_autoptr(GError) error = NULL;
+  g_auto(PmxTokenStatus) status = { 0 };
+  guint replays;
+  char *token;
+
+  oauth2_idp_add_secret_client (idp, "adopt-app", "pub");
+  seed = oauth2_idp_issue_refresh_token (idp, "adopt-app");
+  options = refresh_options ("adopt-app", seed);
+  daemon = source_new (options, dir);
+  oauth2_idp_revoke_refresh_tokens (idp, "adopt-app");
+  error = get_token_error (daemon, FALSE);
+  g_assert_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN);
+  replays = oauth2_idp_get_replays (idp);
+
+  cli = source_new (options, dir);
+  pmx_token_source_get_status (cli, &status);
+  g_assert_cmpint (status.state, ==, PMX_TOKEN_STATE_NEEDS_LOGIN);
+  g_assert_nonnull (status.last_error);
+  g_assert_nonnull (strstr (status.last_error, "invalid_grant"));
+  fresh = oauth2_idp_issue_refresh_token (idp, "adopt-app");
+  g_assert_true (pmx_token_source_set_refresh_token (cli, fresh, NULL));
+
+  token = get_token_ok (daemon, FALSE);
+  pmx_secret_free (token);
+  g_assert_cmpuint (oauth2_idp_get_replays (idp), ==, replays);
+}
+
+/* redirect_follow - GET @url without following; the Location (transfer full) */
+static char *
+redirect_follow (const char *url)
+{
+  g_autoptr(SoupSession) session = soup_session_new ();
+  g_autoptr(SoupMessage) msg = soup_message_new ("GET", url);
+  g_autoptr(GBytes) body = NULL;
+  g_autoptr(GError) error = NULL;
+
+  soup_message_add_flags (msg, SOUP_MESSAGE_NO_REDIRECT);
+  body = soup_session_send_and_read (session, msg, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (soup_message_get_status (msg), ==, 302);
+  return g_strdup (soup_message_headers_get_one (soup_message_get_response_headers (msg), "Location"));
+}
+
+/* The authorization code flow: the URL carries S256 PKCE and the state,
+ * the IdP checks the verifier, the refresh token lands in the store. */
+static void
+test_login_authorization_code (void)
+{
+  g_autofree char *dir = store_dir_new ();
+  g_autofree char *json = NULL;
+  g_autofree char *url = NULL;
+  g_autofree char *location = NULL;
+  g_autoptr(JsonObject) options = NULL;
+  g_autoptr(JsonObject) store = NULL;
+  g_autoptr(PmxTokenSource) source = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GUri) back = NULL;
+  g_autoptr(GHashTable) query = NULL;
+  char *verifier = NULL, *challenge = NULL, *other = NULL, *other_challenge = NULL;
+  const char *state = "0123456789abcdef0123456789abcdef";
+  char *token;
+
+  oauth2_idp_add_secret_client (idp, "login-app", "pub");
+  json = g_strdup_printf ("{\"kind\":\"generic\",\"name\":\"login\",\"token_endpoint\":\"%s/token\","
+                          "\"authorization_endpoint\":\"%s/authorize\",\"grant\":\"refresh_token\","
+                          "\"client_id\":\"login-app\",\"client_secret\":\"pub\",\"scopes\":\"smtp offline_access\"}",
+                          oauth2_idp_get_url (idp), oauth2_idp_get_url (idp));
+  options = options_new (json);
+  source = source_new (options, dir);
+
+  pmx_oauth2_pkce_new (&verifier, &challenge);
+  g_assert_cmpuint (strlen (verifier), ==, 43);
+  g_assert_cmpuint (strlen (challenge), ==, 43);
+  url = pmx_token_source_dup_authorize_url (source, "http://127.0.0.1:9/", state, challenge, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (url, oauth2_idp_get_url (idp)));
+  g_assert_nonnull (strstr (url, "code_challenge_method=S256"));
+  g_assert_nonnull (strstr (url, "response_type=code"));
+  location = redirect_follow (url);
+  back = g_uri_parse (location, G_URI_FLAGS_NONE, NULL);
+  g_assert_nonnull (back);
+  g_assert_cmpint (g_uri_get_port (back), ==, 9);
+  query = g_uri_parse_params (g_uri_get_query (back), -1, "&", G_URI_PARAMS_NONE, NULL);
+  g_assert_cmpstr (g_hash_table_lookup (query, "state"), ==, state);
+
+  /* A wrong verifier is refused, and spends the code. */
+  pmx_oauth2_pkce_new (&other, &other_challenge);
+  g_assert_false (pmx_token_source_redeem_code (source, g_hash_table_lookup (query, "code"), "http://127.0.0.1:9/",
+                                                other, NULL, &error));
+  g_assert_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_AUTH);
+  g_assert_nonnull (strstr (error->message, "Code_Verifier"));
+  remember_error (error);
+  g_clear_error (&error);
+
+  g_clear_pointer (&location, g_free);
+  g_clear_pointer (&back, g_uri_unref);
+  g_clear_pointer (&query, g_hash_table_unref);
+  location = redirect_follow (url);
+  back = g_uri_parse (location, G_URI_FLAGS_NONE, NULL);
+  query = g_uri_parse_params (g_uri_get_query (back), -1, "&", G_URI_PARAMS_NONE, NULL);
+  g_assert_true (pmx_token_source_redeem_code (source, g_hash_table_lookup (query, "code"), "http://127.0.0.1:9/",
+                                               verifier, NULL, &error));
+  g_assert_no_error (error);
+  store = read_store (source);
+  g_assert_nonnull (json_object_get_string_member_with_default (store, "refresh_token", NULL));
+  g_assert_false (json_object_get_boolean_member (store, "needs_login"));
+  assert_store_mode (source);
+  token = get_token_ok (source, FALSE);
+  pmx_secret_free (token);
+  pmx_secret_free (verifier);
+  g_free (challenge);
+  pmx_secret_free (other);
+  g_free (other_challenge);
+}
+
+/* The device code flow polls until the user signs in; Google refuses it. */
+static void
+test_login_device_code (void)
+{
+  g_autofree char *dir = store_dir_new ();
+  g_autofree char *json = NULL;
+  g_autoptr(JsonObject) options = NULL;
+  g_autoptr(JsonObject) google = NULL;
+  g_autoptr(PmxTokenSource) source = NULL;
+  g_autoptr(PmxTokenSource) gsource = NULL;
+  g_autoptr(GError) error = NULL;
+  g_auto(PmxDeviceCode) code = { 0 };
+  g_auto(PmxDeviceCode) gcode = { 0 };
+  g_auto(PmxTokenStatus) status = { 0 };
+
+  oauth2_idp_add_secret_client (idp, "device-app", "pub");
+  json = g_strdup_printf ("{\"kind\":\"microsoft\",\"name\":\"device\",\"tenant\":\"t1\","
+                          "\"token_endpoint\":\"%s/t1/oauth2/v2.0/token\",\"grant\":\"refresh_token\","
+                          "\"client_id\":\"device-app\",\"client_secret\":\"pub\"}", oauth2_idp_get_url (idp));
+  options = options_new (json);
+  source = source_new (options, dir);
+  g_assert_true (pmx_token_source_start_device_login (source, &code, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_nonnull (code.user_code);
+  g_assert_cmpuint (code.interval, ==, 1);
+  g_assert_true (g_str_has_prefix (code.verification_uri, oauth2_idp_get_url (idp)));
+  /* The user signs in before the first poll: one poll brings the tokens. */
+  g_assert_true (oauth2_idp_approve_device (idp, code.user_code));
+  g_assert_true (pmx_token_source_finish_device_login (source, &code, NULL, &error));
+  g_assert_no_error (error);
+  pmx_token_source_get_status (source, &status);
+  g_assert_cmpint (status.state, ==, PMX_TOKEN_STATE_OK);
+  g_assert_true (status.has_refresh_token);
+
+  google = options_new ("{\"kind\":\"google\",\"name\":\"gmail\",\"grant\":\"refresh_token\","
+                        "\"client_id\":\"x.apps.googleusercontent.com\",\"client_secret\":\"s\","
+                        "\"scopes\":\"https://mail.google.com/\"}");
+  gsource = source_new (google, NULL);
+  g_assert_false (pmx_token_source_start_device_login (gsource, &gcode, NULL, &error));
+  g_assert_error (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_CONFIG);
+  g_assert_nonnull (strstr (error->message, "Google refuses Gmail scopes"));
+  g_assert_nonnull (strstr (error->message, "service account"));
+}
+
+/* Sources are registered by name while they live. */
+static void
+test_registry (void)
+{
+  g_autoptr(JsonObject) options = NULL;
+  g_autoptr(PmxTokenSource) older = NULL;
+  g_autoptr(PmxTokenSource) newer = NULL;
+  g_autoptr(PmxTokenSource) found = NULL;
+  g_autoptr(GPtrArray) list = NULL;
+  guint named = 0;
+
+  oauth2_idp_add_secret_client (idp, "registry-app", "pw");
+  options = generic_options ("registry-app", "pw", NULL);
+  json_object_set_string_member (options, "name", "registry-name");
+  older = source_new (options, NULL);
+  newer = source_new (options, NULL);
+  found = pmx_token_source_find ("registry-name");
+  g_assert_true (found == newer);
+  list = pmx_token_source_list ();
+  for (guint i = 0; i < list->len; i++)
+    named += g_strcmp0 (pmx_token_source_get_name (list->pdata[i]), "registry-name") == 0;
+  g_assert_cmpuint (named, ==, 1);
+  g_clear_pointer (&list, g_ptr_array_unref);
+  g_clear_pointer (&found, pmx_token_source_unref);
+  g_clear_pointer (&newer, pmx_token_source_unref);
+  found = pmx_token_source_find ("registry-name");
+  g_assert_true (found == older);
+  g_clear_pointer (&found, pmx_token_source_unref);
+  g_clear_pointer (&older, pmx_token_source_unref);
+  g_assert_null (pmx_token_source_find ("registry-name"));
+}
+
 static void
 test_no_token_in_logs (void)
 {
@@ -886,6 +1139,11 @@ main (int argc, char **argv)
   g_test_add_func ("/oauth2/errors/revoked-refresh-token-needs-login", test_revoked_refresh_token_needs_login);
   g_test_add_func ("/oauth2/invalidate/only-the-same-token", test_invalidate_only_same_token);
   g_test_add_func ("/oauth2/config/errors-name-the-option", test_config_errors);
+  g_test_add_func ("/oauth2/store/key-per-credential-and-secret", test_store_key_per_credential);
+  g_test_add_func ("/oauth2/store/needs-login-adopts-a-login-from-the-store", test_needs_login_adopts_store);
+  g_test_add_func ("/oauth2/login/authorization-code-pkce", test_login_authorization_code);
+  g_test_add_func ("/oauth2/login/device-code-and-google-refusal", test_login_device_code);
+  g_test_add_func ("/oauth2/registry/newest-by-name", test_registry);
   g_test_add_func ("/oauth2/logs/no-token-in-any-log-or-error", test_no_token_in_logs);
 
   rc = g_test_run ();

@@ -1533,6 +1533,38 @@ test_batch_disk_full_fails_all (Fixture       *fx,
   g_main_context_pop_thread_default (context);
 }
 
+/* hurry: a transport's deferred messages due now, nothing else changes */
+static void
+test_hurry_transport (Fixture       *fx,
+                      gconstpointer  data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *a = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autofree char *b = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autoptr (PmxQueueMessage) msg = NULL;
+  gint64 before;
+
+  g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 10, "w", G_MAXINT64));
+  complete_all (fx->queue, a, one_rcpt, PMX_RCPT_STATE_DEFERRED, G_MAXINT64 - 1, 1000);
+  complete_all (fx->queue, b, one_rcpt, PMX_RCPT_STATE_DELIVERED, 0, 1000);
+
+  g_assert_cmpint (pmx_queue_hurry_transport (fx->queue, "another", &error), ==, 0);
+  g_assert_no_error (error);
+  g_assert_cmpint (pmx_queue_next_due (fx->queue, NULL), ==, G_MAXINT64 - 1);
+  before = g_get_real_time ();
+  g_assert_cmpint (pmx_queue_hurry_transport (fx->queue, "smtp-a", &error), ==, 1);
+  g_assert_no_error (error);
+  msg = get (fx->queue, a);
+  g_assert_cmpint (msg->state, ==, PMX_MSG_DEFERRED);
+  g_assert_cmpint (msg->next_attempt, >=, before);
+  g_assert_cmpint (msg->next_attempt, <=, g_get_real_time ());
+  g_assert_cmpuint (msg->attempts, ==, 1);
+  g_assert_cmpint (rcpt (msg, 0)->state, ==, PMX_RCPT_STATE_DEFERRED);
+  g_assert_cmpint (count (fx->queue, PMX_MSG_DELIVERED), ==, 1);
+  /* Already due: nothing more to do. */
+  g_assert_cmpint (pmx_queue_hurry_transport (fx->queue, "smtp-a", &error), ==, 0);
+}
+
 int
 main (int    argc,
       char **argv)
@@ -1567,6 +1599,7 @@ main (int    argc,
   ADD ("/queue/unlease/restores-previous-state", test_unlease);
   ADD ("/queue/release/postpone-untried", test_postpone);
   ADD ("/queue/admin/retry-delete-purge-count-list", test_admin);
+  ADD ("/queue/admin/hurry-a-transports-deferred-messages", test_hurry_transport);
   ADD ("/queue/close/refuses-writes-after-shutdown", test_closed_refuses_writes);
   ADD ("/queue/batch/requests-share-one-commit", test_batch_shares_one_commit);
   ADD ("/queue/batch/disk-full-fails-every-request", test_batch_disk_full_fails_all);

@@ -441,8 +441,7 @@ static char *
 gmail_token_fix (PmxTransport *self,
                  const GError *error)
 {
-  if (g_error_matches (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN))
-    return g_strdup_printf (" — run postmux auth login %s", self->name);
+  /* A needs-login error of the SDK already ends with `postmux auth login NAME`. */
   if (self->service_account && error->message != NULL && strstr (error->message, "unauthorized_client") != NULL)
     return g_strdup_printf (" — in the Google Admin console add client id %s with the scope %s, and check that "
                             "the user belongs to that Workspace domain", self->client_id, GMAIL_SEND_SCOPE);

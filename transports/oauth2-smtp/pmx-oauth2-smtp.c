@@ -100,6 +100,7 @@ struct _PmxSession {
   PmxTransport  *transport;
   PmxSmtpClient *client;
   char          *token;               /* the one the engine holds; pmx_secret_free() */
+  guint          sent;                /* messages on the current connection */
 };
 
 /* o2_enum - index of @value in @names, or -1 */
@@ -298,42 +299,36 @@ o2_get_token (PmxTransport *self,
 
   if (token != NULL)
     return token;
-  if (g_error_matches (local_error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN))
-    g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_AUTH,
-                 "transport '%s': %s — run postmux auth login %s", self->name, local_error->message, self->name);
-  else
-    g_set_error (error, PMX_TRANSPORT_ERROR, o2_token_code (local_error),
-                 "transport '%s': %s", self->name, local_error->message);
+  /* The SDK's message names the fix (`postmux auth login NAME` included). */
+  g_set_error (error, PMX_TRANSPORT_ERROR, o2_token_code (local_error),
+               "transport '%s': %s", self->name, local_error->message);
   return NULL;
 }
 
-/* o2_open_session - get a token; connect, TLS, EHLO, AUTH; on a refused
- * token invalidate it and retry once with a fresh one */
-static PmxSession *
-o2_open_session (PmxTransport *self,
-                 GError      **error)
+/* o2_connect - connect @client (TLS, EHLO, AUTH) with the token in
+ * *@token; on a refused token invalidate it, take a fresh one and retry
+ * once.  *@token is replaced by the token the connection used. */
+static gboolean
+o2_connect (PmxTransport  *self,
+            PmxSmtpClient *client,
+            char         **token,
+            GError       **error)
 {
-  g_autoptr(PmxSmtpClient) client = NULL;
   g_autoptr(GError) local_error = NULL;
-  char *token = o2_get_token (self, error);
-  PmxSession *session;
 
-  if (token == NULL)
-    return NULL;
-  client = o2_client_new (self, token);
   if (!pmx_smtp_client_connect (client, &local_error)
       && g_error_matches (local_error, PMX_SMTP_ERROR, PMX_SMTP_ERROR_AUTH_FAILED))
     {
       /* Revoked or expired early at the provider: invalidate only this token
        * (another thread may already hold a fresh one) and try once more. */
       g_debug ("transport '%s': the server refused the access token; refreshing once", self->name);
-      pmx_token_source_invalidate (self->tokens, token);
-      g_clear_pointer (&token, pmx_secret_free);
-      token = o2_get_token (self, error);
-      if (token == NULL)
-        return NULL;
+      pmx_token_source_invalidate (self->tokens, *token);
+      g_clear_pointer (token, pmx_secret_free);
+      *token = o2_get_token (self, error);
+      if (*token == NULL)
+        return FALSE;
       g_clear_error (&local_error);
-      pmx_smtp_client_set_secret (client, token);
+      pmx_smtp_client_set_secret (client, *token);
       pmx_smtp_client_connect (client, &local_error);
     }
   if (local_error != NULL)
@@ -346,6 +341,25 @@ o2_open_session (PmxTransport *self,
                           "permission to send as this mailbox" : "",
                    auth && self->hint != NULL ? " — hint: " : "",
                    auth && self->hint != NULL ? self->hint : "");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* o2_open_session - get a token; connect, TLS, EHLO, AUTH (see o2_connect) */
+static PmxSession *
+o2_open_session (PmxTransport *self,
+                 GError      **error)
+{
+  g_autoptr(PmxSmtpClient) client = NULL;
+  char *token = o2_get_token (self, error);
+  PmxSession *session;
+
+  if (token == NULL)
+    return NULL;
+  client = o2_client_new (self, token);
+  if (!o2_connect (self, client, &token, error))
+    {
       pmx_secret_free (token);
       return NULL;
     }
@@ -391,9 +405,8 @@ o2_send (PmxSession        *session,
             [PMX_TRANSPORT_ERROR_FAILED] = PMX_FAILURE_TEMPORARY,
           };
 
-          pmx_result_fail (result, classes[o2_token_code (error)], 0, NULL, "transport '%s': %s%s", self->name, error->message,
-                           g_error_matches (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN)
-                             ? " — run postmux auth login" : "");
+          pmx_result_fail (result, classes[o2_token_code (error)], 0, NULL, "transport '%s': %s", self->name,
+                           error->message);
           return;
         }
     }
@@ -406,6 +419,36 @@ o2_send (PmxSession        *session,
       session->token = g_steal_pointer (&token);
     }
   pmx_secret_free (token);
+
+  /* A new connection is made here rather than inside the engine, so that a
+   * token the server refuses at AUTH is refreshed once, as at open. */
+  if (self->max_messages > 0 && session->sent >= self->max_messages)
+    pmx_smtp_client_disconnect (session->client);
+  if (!pmx_smtp_client_is_connected (session->client))
+    {
+      g_autoptr(GError) connect_error = NULL;
+
+      session->sent = 0;
+      if (!o2_connect (self, session->client, &session->token, &connect_error))
+        {
+          static const PmxFailureClass classes[] = {
+            [PMX_TRANSPORT_ERROR_TEMPORARY] = PMX_FAILURE_TEMPORARY,
+            [PMX_TRANSPORT_ERROR_PERMANENT] = PMX_FAILURE_PERMANENT,
+            [PMX_TRANSPORT_ERROR_AUTH] = PMX_FAILURE_AUTH,
+            [PMX_TRANSPORT_ERROR_CONFIG] = PMX_FAILURE_CONFIG,
+            [PMX_TRANSPORT_ERROR_FAILED] = PMX_FAILURE_TEMPORARY,
+          };
+          int code = connect_error->domain == PMX_TRANSPORT_ERROR ? connect_error->code : PMX_TRANSPORT_ERROR_FAILED;
+
+          if (session->token == NULL)
+            session->token = g_strdup ("");
+          pmx_result_fail (result, classes[CLAMP (code, 0, PMX_TRANSPORT_ERROR_FAILED)], 0, NULL, "%s",
+                           connect_error->message);
+          pmx_result_set_session_broken (result);
+          return;
+        }
+    }
+  session->sent++;
   pmx_smtp_client_send (session->client, envelope, message, message_len, result);
 }
 

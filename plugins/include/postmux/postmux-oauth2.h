@@ -17,6 +17,9 @@
  *               "refresh_margin": seconds before expiry to refresh (default 300)
  *               "connect_timeout", "timeout": seconds (default 10 and 30)
  *               "ca_file": PEM file of extra trusted CAs for the token endpoint
+ *               "authorization_endpoint", "device_authorization_endpoint":
+ *                        for `postmux auth login` (microsoft and google have
+ *                        defaults; microsoft's sit beside its token endpoint)
  *   generic:    "token_endpoint", "client_id", and "client_secret" or
  *               "certificate" + "private_key" (a client assertion, as microsoft)
  *   microsoft:  "tenant", "client_id", "client_secret" or "certificate" (path
@@ -38,10 +41,18 @@
  *
  * The token store: with a @store_dir, each source keeps one JSON file there
  * (mode 0600, replaced atomically and durably) named after the credential's
- * identity (kind, endpoint, client id, subject, scopes), holding the current
- * refresh token and the cached access token with its expiry.  A rotated
- * refresh token is written before the access token that came with it is
- * handed out, so a restart never uses a spent refresh token.
+ * name and identity (name, kind, endpoint, client id, subject, scopes,
+ * grant), holding the current refresh token, the cached access token with
+ * its expiry and a hash of the client authentication it was issued to (a
+ * changed secret or key drops the cached access token, never the refresh
+ * token), and the last error.  A rotated refresh token is written before
+ * the access token that came with it is handed out, so a restart never uses
+ * a spent refresh token.
+ *
+ * Sharing the store between processes: `postmux auth login` (another
+ * process) writes a new refresh token into the same file; a source in the
+ * needs-login state re-reads its file before each token request and before
+ * each status snapshot, and adopts the new login.
  */
 #pragma once
 
@@ -224,7 +235,101 @@ const char *pmx_token_source_get_token_endpoint (PmxTokenSource *source);
 /* Returns: (transfer none): the client id (client_email for a service account). */
 const char *pmx_token_source_get_client_id      (PmxTokenSource *source);
 
+/* Returns: (transfer none): the "name" option (transport or credential), or NULL. */
+const char *pmx_token_source_get_name           (PmxTokenSource *source);
+
+/**
+ * pmx_token_source_find:
+ * @name: a credential name (the "name" option, for a transport's own
+ *   credential the transport instance name).
+ *
+ * Every source of the process is registered while it lives; the host uses
+ * this to show and drive (`postmux auth`, /v1/health) the credentials its
+ * transports created.
+ *
+ * Returns: (transfer full) (nullable): the newest live source named @name.
+ */
+PmxTokenSource *pmx_token_source_find (const char *name);
+/* Returns: (transfer full): the newest live source of each name, as
+ * references (the array frees them). */
+GPtrArray      *pmx_token_source_list (void);
+
+/* Interactive login (`postmux auth login`), for sources with the
+ * refresh_token grant.  Blocking; for the command line, never for a
+ * main loop. */
+
+/**
+ * pmx_oauth2_pkce_new:
+ * @out_verifier: (out) (transfer full): a random RFC 7636 code verifier
+ *   (43 characters), free with pmx_secret_free().
+ * @out_challenge: (out) (transfer full): its S256 challenge.
+ */
+void  pmx_oauth2_pkce_new (char **out_verifier,
+                           char **out_challenge);
+
+/**
+ * pmx_token_source_dup_authorize_url:
+ * @redirect_uri: the loopback redirect ("http://127.0.0.1:PORT/").
+ * @state: an unguessable value the redirect must carry back.
+ * @code_challenge: from pmx_oauth2_pkce_new().
+ *
+ * The authorization request URL to open in a browser (RFC 6749 §4.1.1,
+ * RFC 7636, RFC 8252 §7.3).  Google's asks for offline access.
+ *
+ * Returns: (transfer full): the URL, or NULL with a %PMX_OAUTH2_ERROR_CONFIG
+ *   error (the grant is not refresh_token, or no authorization endpoint).
+ */
+char     *pmx_token_source_dup_authorize_url (PmxTokenSource *source,
+                                              const char     *redirect_uri,
+                                              const char     *state,
+                                              const char     *code_challenge,
+                                              GError        **error);
+/**
+ * pmx_token_source_redeem_code:
+ *
+ * Redeems the authorization code (grant authorization_code with the PKCE
+ * verifier), stores the refresh token and access token, leaves the
+ * needs-login state.
+ */
+gboolean  pmx_token_source_redeem_code (PmxTokenSource *source,
+                                        const char     *code,
+                                        const char     *redirect_uri,
+                                        const char     *code_verifier,
+                                        GCancellable   *cancellable,
+                                        GError        **error);
+
+/**
+ * PmxDeviceCode:
+ * The answer of a device authorization request (RFC 8628 §3.2): show
+ * @message (or @verification_uri and @user_code) to the user.
+ */
+typedef struct {
+  char  *device_code;      /* secret: never shown */
+  char  *user_code;
+  char  *verification_uri;
+  char  *message;
+  gint64 expires_at;       /* unix seconds */
+  guint  interval;         /* seconds between polls */
+  gpointer _pmx_reserved[4];
+} PmxDeviceCode;
+
+/* Asks for a device code.  Google refuses Gmail scopes in this flow: a
+ * google source fails at once with a %PMX_OAUTH2_ERROR_CONFIG error that
+ * says so and names the alternatives. */
+gboolean  pmx_token_source_start_device_login  (PmxTokenSource *source,
+                                                PmxDeviceCode  *out_code,
+                                                GCancellable   *cancellable,
+                                                GError        **error);
+/* Polls the token endpoint every interval (slow_down adds 5 s) until the
+ * user has signed in (tokens stored), declined, or the code expired. */
+gboolean  pmx_token_source_finish_device_login (PmxTokenSource      *source,
+                                                const PmxDeviceCode *code,
+                                                GCancellable        *cancellable,
+                                                GError             **error);
+void      pmx_device_code_clear                (PmxDeviceCode *code);
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PmxTokenSource, pmx_token_source_unref)
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (PmxDeviceCode, pmx_device_code_clear)
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (PmxTokenStatus, pmx_token_status_clear)
 
 G_END_DECLS
