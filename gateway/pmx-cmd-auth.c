@@ -61,9 +61,18 @@ auth_open (PmxConfig        *config,
   const char *credential;
   PmxInstance *instance;
 
+  /* NAME may also be a shared credential's name (under "credentials"):
+   * any transport using it opens the one token source. */
+  for (guint i = 0; tc == NULL && i < config->transports->len; i++)
+    {
+      const PmxTransportConfig *t = g_ptr_array_index (config->transports, i);
+
+      if (g_strcmp0 (auth_credential_name (t), name) == 0)
+        tc = t;
+    }
   if (tc == NULL)
     {
-      g_printerr ("postmux auth %s: no transport \"%s\" in %s — postmux auth status lists the transports with an OAuth2 credential\n",
+      g_printerr ("postmux auth %s: no transport or credential \"%s\" in %s — postmux auth status lists the transports with an OAuth2 credential\n",
                   command, name, config->path != NULL ? config->path : "the built-in config");
       return NULL;
     }

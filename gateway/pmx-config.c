@@ -355,6 +355,40 @@ config_merge (JsonObject *into,
     json_object_set_member (into, member, json_node_copy (node));
 }
 
+/* config_resolve_credential - a transport's options.credential that names
+ * an entry of /credentials becomes a copy of that entry, named after it
+ * (so every transport using it shares one token source and store) */
+static void
+config_resolve_credential (PmxTransportConfig *t,
+                           JsonObject         *root,
+                           PmxJsonDocument    *doc,
+                           GPtrArray          *problems)
+{
+  JsonNode *node = json_object_get_member (t->options, "credential");
+  JsonObject *credentials = json_object_has_member (root, "credentials")
+                              ? json_object_get_object_member (root, "credentials") : NULL;
+  g_autofree char *pointer = NULL;
+  const char *name;
+  JsonObject *copy;
+
+  if (node == NULL || !JSON_NODE_HOLDS_VALUE (node) || json_node_get_value_type (node) != G_TYPE_STRING)
+    return;
+  name = json_node_get_string (node);
+  if (credentials == NULL || !json_object_has_member (credentials, name))
+    {
+      pointer = g_strconcat ("/transports/", t->name, "/options/credential", NULL);
+      config_problem (problems, doc, pointer,
+                      "credential \"%s\" is not defined under credentials — define it there, or write the credential object here",
+                      name);
+      return;
+    }
+  copy = json_object_new ();
+  config_merge (copy, json_object_get_object_member (credentials, name));
+  if (!json_object_has_member (copy, "name"))
+    json_object_set_string_member (copy, "name", name);
+  json_object_set_object_member (t->options, "credential", copy);
+}
+
 /* config_read_transports - build PmxTransportConfig from /transports */
 static void
 config_read_transports (PmxConfig       *config,
@@ -418,6 +452,7 @@ config_read_transports (PmxConfig       *config,
         }
       if (json_object_has_member (obj, "options"))
         config_merge (t->options, json_object_get_object_member (obj, "options"));
+      config_resolve_credential (t, root, doc, problems);
       g_ptr_array_add (config->transports, t);
     }
 }

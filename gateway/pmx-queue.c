@@ -133,7 +133,20 @@ struct _PmxQueue {
   gboolean   hold;         /* tests: writer takes nothing while set */
 
   guint      commits;      /* atomic: transactions committed by the writer */
+
+  /* The checkpointer: copies the WAL into the database on its own thread
+   * and connection, so a commit never waits for a checkpoint's fsyncs. */
+  GThread   *checkpointer;
+  sqlite3   *cdb;
+  GMutex     ck_lock;      /* protects ck_due, ck_stop */
+  GCond      ck_cond;
+  gboolean   ck_due;
+  gboolean   ck_stop;
 };
+
+/* WAL pages after which the writer asks for a checkpoint (SQLite's own
+ * auto-checkpoint default, which the writer no longer runs itself). */
+#define QUEUE_CHECKPOINT_PAGES 4000
 
 static const char *const msg_state_names[] = {
   [PMX_MSG_QUEUED] = "queued",
@@ -1419,6 +1432,91 @@ answer:
     }
 }
 
+/* queue_wal_hook - sqlite3_wal_hook on the writer: a commit left @pages in
+ * the WAL; past QUEUE_CHECKPOINT_PAGES wake the checkpointer */
+static int
+queue_wal_hook (void       *data,
+                sqlite3    *db,
+                const char *name,
+                int         pages)
+{
+  PmxQueue *queue = data;
+
+  if (pages >= QUEUE_CHECKPOINT_PAGES)
+    {
+      g_mutex_lock (&queue->ck_lock);
+      queue->ck_due = TRUE;
+      g_cond_signal (&queue->ck_cond);
+      g_mutex_unlock (&queue->ck_lock);
+    }
+  return SQLITE_OK;
+}
+
+/* queue_checkpointer_main - the checkpointer thread: a PASSIVE checkpoint
+ * each time the writer asks (it never blocks the writer; a checkpoint that
+ * cannot finish now is simply done further next time) */
+static gpointer
+queue_checkpointer_main (gpointer data)
+{
+  PmxQueue *queue = data;
+
+  for (;;)
+    {
+      int rc;
+
+      g_mutex_lock (&queue->ck_lock);
+      while (!queue->ck_due && !queue->ck_stop)
+        g_cond_wait (&queue->ck_cond, &queue->ck_lock);
+      if (queue->ck_stop)
+        {
+          g_mutex_unlock (&queue->ck_lock);
+          break;
+        }
+      queue->ck_due = FALSE;
+      g_mutex_unlock (&queue->ck_lock);
+
+      rc = sqlite3_wal_checkpoint_v2 (queue->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        g_warning ("queue %s: checkpoint failed: %s — the WAL file grows until one succeeds",
+                   queue->path, sqlite3_errmsg (queue->cdb));
+    }
+  return NULL;
+}
+
+/* queue_start_checkpointer - its connection and thread, and the writer's
+ * own auto-checkpoint off; FALSE with @error set */
+static gboolean
+queue_start_checkpointer (PmxQueue *queue,
+                          GError  **error)
+{
+  int rc = sqlite3_open_v2 (queue->path, &queue->cdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+
+  if (rc != SQLITE_OK)
+    {
+      g_set_error (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_OPEN,
+                   "queue %s: cannot open the database for checkpoints: %s", queue->path, sqlite3_errstr (rc));
+      return FALSE;
+    }
+  sqlite3_busy_timeout (queue->cdb, QUEUE_BUSY_TIMEOUT_MS);
+  /* The checkpoint writes the database file: as durable as the commits. */
+  if (sqlite3_exec (queue->cdb, "PRAGMA synchronous = FULL", NULL, NULL, NULL) != SQLITE_OK
+      || !queue_exec (&queue->wconn, "PRAGMA wal_autocheckpoint = 0", "turning off auto-checkpoints", error))
+    {
+      if (error != NULL && *error == NULL)
+        g_set_error (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_OPEN,
+                     "queue %s: cannot set up checkpoints: %s", queue->path, sqlite3_errmsg (queue->cdb));
+      return FALSE;
+    }
+  sqlite3_wal_hook (queue->wconn.db, queue_wal_hook, queue);
+  queue->checkpointer = g_thread_try_new ("pmx-queue-ckpt", queue_checkpointer_main, queue, error);
+  if (queue->checkpointer == NULL)
+    {
+      g_prefix_error (error, "queue %s: cannot start the checkpoint thread: ", queue->path);
+      return FALSE;
+    }
+  return TRUE;
+}
+
 /* queue_writer_main - the writer thread: take what is pending, commit, answer */
 static gpointer
 queue_writer_main (gpointer data)
@@ -1548,10 +1646,13 @@ pmx_queue_open (const char *path,
   g_mutex_init (&queue->read_lock);
   g_cond_init (&queue->cond);
   g_queue_init (&queue->pending);
+  g_mutex_init (&queue->ck_lock);
+  g_cond_init (&queue->ck_cond);
 
   if (!queue_conn_open (&queue->wconn, queue->path, FALSE, error) ||
       !queue_migrate (&queue->wconn, error) ||
-      !queue_conn_open (&queue->rconn, queue->path, TRUE, error))
+      !queue_conn_open (&queue->rconn, queue->path, TRUE, error) ||
+      !queue_start_checkpointer (queue, error))
     goto fail;
 
   queue->writer = g_thread_try_new ("pmx-queue-writer", queue_writer_main, queue, error);
@@ -1587,6 +1688,13 @@ pmx_queue_shutdown (PmxQueue *queue)
 
   if (queue->writer != NULL)
     g_thread_join (g_steal_pointer (&queue->writer));
+
+  g_mutex_lock (&queue->ck_lock);
+  queue->ck_stop = TRUE;
+  g_cond_signal (&queue->ck_cond);
+  g_mutex_unlock (&queue->ck_lock);
+  if (queue->checkpointer != NULL)
+    g_thread_join (g_steal_pointer (&queue->checkpointer));
 }
 
 void
@@ -1598,8 +1706,15 @@ pmx_queue_close (PmxQueue *queue)
   pmx_queue_shutdown (queue);
   g_assert (g_queue_is_empty (&queue->pending));
 
+  if (queue->cdb != NULL)
+    sqlite3_close_v2 (queue->cdb);
   queue_conn_close (&queue->rconn);
+  /* The last connection to close checkpoints the WAL into the database. */
+  if (queue->wconn.db != NULL)
+    sqlite3_exec (queue->wconn.db, "PRAGMA wal_autocheckpoint = 1000", NULL, NULL, NULL);
   queue_conn_close (&queue->wconn);
+  g_cond_clear (&queue->ck_cond);
+  g_mutex_clear (&queue->ck_lock);
   g_cond_clear (&queue->cond);
   g_mutex_clear (&queue->read_lock);
   g_mutex_clear (&queue->lock);

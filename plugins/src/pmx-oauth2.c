@@ -637,14 +637,33 @@ pmx_token_source_new (JsonObject  *options,
       pmx_token_source_unref (source);
       return NULL;
     }
-  if (source->store_dirty)
-    source_save_or_warn (source);
 
   g_mutex_lock (&registry_lock);
   if (registry == NULL)
     registry = g_ptr_array_new ();
+  /* The same credential (same store file, same secret) already has a live
+   * source — another transport naming a shared credential, or this one's
+   * previous instance during a reload: use that one, so there is one
+   * cache, one refresh at a time and one writer of the store.  A source
+   * seeded with a new refresh token from the config stands alone. */
+  if (source->store_path != NULL && !source->store_dirty)
+    for (guint i = 0; i < registry->len; i++)
+      {
+        PmxTokenSource *live = registry->pdata[i];
+
+        if (g_strcmp0 (live->store_path, source->store_path) == 0
+            && g_strcmp0 (live->client_hash, source->client_hash) == 0)
+          {
+            g_atomic_ref_count_inc (&live->ref);
+            g_mutex_unlock (&registry_lock);
+            pmx_token_source_unref (source);
+            return live;
+          }
+      }
   g_ptr_array_add (registry, source);
   g_mutex_unlock (&registry_lock);
+  if (source->store_dirty)
+    source_save_or_warn (source);
   return source;
 }
 

@@ -78,7 +78,7 @@ class Gateway:
 
     def run(self, *args, input=None, check=False, timeout=60):
         cmd = [POSTMUX] + list(args)
-        if args and args[0] in ("send", "queue", "config", "serve", "reload", "doctor") and "--config" not in args \
+        if args and args[0] in ("send", "queue", "config", "serve", "reload", "doctor", "auth") and "--config" not in args \
                 and os.path.exists(self.config_path):
             cmd = [POSTMUX, args[0], "--config", self.config_path] + list(args[1:])
         p = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, env=self.env())

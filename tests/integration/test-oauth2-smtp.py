@@ -291,6 +291,54 @@ def bad_secret():
     tap.eq(gw.stop(), 0, "postmux serve exits 0 again")
 
 
+def shared_credential():
+    """Two transports naming one credential under /credentials share one
+    token source: one token request serves both, one store file."""
+    cred = transport(px, "xoauth2", "PMX_TEST_O2_SECRET", "https://mail.test/shared")["options"]["credential"]
+    shared = {"sx": transport(px, "xoauth2", "PMX_TEST_O2_SECRET", ""),
+              "sb": transport(pb, "oauthbearer", "PMX_TEST_O2_SECRET", "")}
+    for t in shared.values():
+        t["options"]["credential"] = "corp"
+    config = {"credentials": {"corp": cred}, "transports": shared, "default": "sx",
+              "routes": [{"name": n, "match": {"sender_domain": [n + ".test"]}, "transports": [n]} for n in shared],
+              "retry": {"initial_delay": "1h", "jitter": 0}}
+
+    bad = json.loads(json.dumps(config))
+    bad["transports"]["sb"]["options"]["credential"] = "corq"
+    gw.write_config(bad)
+    c = gw.run("config", "check")
+    text = c.stdout.decode() + c.stderr.decode()
+    tap.ok(c.returncode == 1 and "/transports/sb/options/credential: credential \"corq\" is not defined under "
+           "credentials — define it there, or write the credential object here" in text,
+           "config check: a credential name not under credentials is refused, naming it", text)
+
+    gw.write_config(config)
+    c = gw.run("config", "check")
+    tap.ok(c.returncode == 0, "config check accepts two transports naming one credential",
+           c.stdout.decode() + c.stderr.decode())
+    before = idp.count()
+    store = os.path.join(gw.state, "tokens")
+    files_before = set(os.listdir(store))
+    gw.start()
+    for name, peer in (("sx", px), ("sb", pb)):
+        mid = "%s-1@o2.test" % name
+        qid = send(name, mid)
+        got = wait_until(lambda: peer.by_mid(mid), 30)
+        outputs.append(show(gw, qid))
+        tap.ok(got and len(got) == 1, "shared credential: %s delivered" % name, show(gw, qid))
+    tap.eq(idp.count() - before, 1, "shared credential: one token request served both transports")
+    corp = sorted(set(os.listdir(store)) - files_before)
+    tap.eq(len(corp), 1, "shared credential: one token store file for both transports (%s)" % corp)
+    st = gw.run("auth", "status")
+    text = st.stdout.decode()
+    tap.ok(st.returncode == 0 and text.count("corp") >= 1, "auth status lists the shared credential", text)
+    tap.eq(gw.stop(), 0, "postmux serve exits 0 after the shared-credential run")
+    out = gw.run("auth", "logout", "corp")
+    tap.ok(out.returncode == 0 and not set(corp) & set(os.listdir(store)),
+           "auth logout takes the shared credential's name and removes its one store file",
+           out.stdout.decode() + out.stderr.decode())
+
+
 def no_token_leaks():
     log = gw.log()
     text = log + "\n".join(outputs)
@@ -304,6 +352,7 @@ try:
     section("delivery", delivery)
     section("revoked", revoked)
     section("bad-secret", bad_secret)
+    section("shared-credential", shared_credential)
     section("leaks", no_token_leaks)
 finally:
     gw.cleanup()
