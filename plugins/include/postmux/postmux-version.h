@@ -12,8 +12,8 @@
 #error "Only <postmux/postmux.h> can be included directly."
 #endif
 
-#define PMX_ABI_MAJOR 0
-#define PMX_ABI_MINOR 1
+#define PMX_ABI_MAJOR 1
+#define PMX_ABI_MINOR 0
 
 #if defined(_WIN32)
 #define PMX_EXPORT __declspec(dllexport)
