@@ -510,9 +510,10 @@ delivery_run (DeliveryPool *pool,
   pmx_queue_complete_async (delivery->queue, msg->id, &attempt, delivery_committed, commit);
 }
 
-/* delivery_postpone_if_paused - a job whose transport was paused after
- * it was dispatched goes back to the queue untried, due when the pause
- * ends; TRUE when @job was taken care of (and freed) */
+/* delivery_postpone_if_paused - a job whose transport is paused goes back
+ * to the queue untried: to the route's next transport at once when it has
+ * one (as a temporary failure would), else due when the pause ends; TRUE
+ * when @job was taken care of (and freed) */
 static gboolean
 delivery_postpone_if_paused (DeliveryPool *pool,
                              DeliveryJob  *job)
@@ -520,19 +521,31 @@ delivery_postpone_if_paused (DeliveryPool *pool,
   PmxDelivery *delivery = pool->delivery;
   const char *transport = pmx_instance_get_name (pool->instance);
   g_autoptr(GError) error = NULL;
-  gint64 until;
+  gboolean fail_over;
+  gint64 until, now = g_get_real_time ();
 
   g_mutex_lock (&delivery->lock);
-  until = delivery_paused_until (delivery, transport, g_get_real_time ());
+  until = delivery_paused_until (delivery, transport, now);
+  /* A failover that is paused too is no way out: wait (no ping-pong). */
+  fail_over = until != 0 && job->failover != NULL && strcmp (job->failover, transport) != 0
+              && delivery_paused_until (delivery, job->failover, now) == 0;
   g_mutex_unlock (&delivery->lock);
   if (until == 0)
     return FALSE;
-  if (!pmx_queue_postpone (delivery->queue, job->msg->id, until, &error))
+  if (!pmx_queue_postpone (delivery->queue, job->msg->id, fail_over ? 0 : until,
+                           fail_over ? job->failover : NULL, &error))
     pmx_log_warning (job->msg->id, transport, "cannot give the message back to the queue: %s — it returns when its lease expires",
                      error->message);
+  else if (fail_over)
+    pmx_log_info (job->msg->id, transport, "transport %s is rate limited: failover=%s", transport, job->failover);
   job_free (job);
   g_mutex_lock (&delivery->lock);
   delivery->inflight--;
+  if (fail_over)
+    {
+      delivery->wake = TRUE;   /* due now: lease it again without waiting for the poll */
+      g_cond_signal (&delivery->cond);
+    }
   delivery_kick (delivery);
   g_mutex_unlock (&delivery->lock);
   return TRUE;

@@ -86,6 +86,7 @@ typedef struct {
   /* Other ops: borrowed from a blocking caller. */
   const char       *id;
   const char       *owner;
+  const char       *transport; /* POSTPONE: the next transport, or NULL to keep it */
   gint64            now;     /* LEASE, RELEASE, RETRY; PURGE: before; LIMIT_PAGES: pages */
   gint64            until;   /* LEASE */
   guint             limit;   /* LEASE */
@@ -1106,11 +1107,13 @@ queue_do_postpone (QueueConn    *conn,
 
   stmt = queue_prepare (conn,
       "UPDATE messages SET state = COALESCE(prev_state, 'queued'), prev_state = NULL, "
-      "lease_owner = NULL, lease_until = NULL, next_attempt = MAX(next_attempt, ?2) WHERE id = ?1", error);
+      "lease_owner = NULL, lease_until = NULL, next_attempt = MAX(next_attempt, ?2), "
+      "next_transport = COALESCE(?3, next_transport) WHERE id = ?1", error);
   if (stmt == NULL)
     return FALSE;
   queue_bind_text (stmt, 1, req->id);
   sqlite3_bind_int64 (stmt, 2, req->until);
+  queue_bind_text (stmt, 3, req->transport);
   return queue_step (conn, stmt, "returning a lease", NULL, error);
 }
 
@@ -2024,9 +2027,10 @@ gboolean
 pmx_queue_postpone (PmxQueue   *queue,
                     const char *id,
                     gint64      until,
+                    const char *next_transport,
                     GError    **error)
 {
-  QueueRequest req = { .op = QUEUE_OP_POSTPONE, .id = id, .until = until };
+  QueueRequest req = { .op = QUEUE_OP_POSTPONE, .id = id, .until = until, .transport = next_transport };
 
   g_return_val_if_fail (queue != NULL, FALSE);
   g_return_val_if_fail (id != NULL, FALSE);

@@ -219,10 +219,13 @@ gboolean   pmx_queue_unlease      (PmxQueue   *queue,
                                    GError    **error);
 
 /* Put a leased message back untried and due no earlier than @until (its
- * transport is paused by a rate limit): no attempt is counted or logged. */
+ * transport is paused by a rate limit), to be tried next on
+ * @next_transport when not NULL (the route's failover): no attempt is
+ * counted or logged. */
 gboolean   pmx_queue_postpone     (PmxQueue   *queue,
                                    const char *id,
                                    gint64      until,
+                                   const char *next_transport,
                                    GError    **error);
 
 /* Earliest next_attempt among queued/deferred messages; G_MAXINT64 if none. */

@@ -11,17 +11,20 @@ gw = Gateway(name="pmx-retry")
 log_a = gw.path("a.log")
 log_b = gw.path("b.log")
 log_rl = gw.path("rl.log")
+log_rl2 = gw.path("rl2.log")
 gw.write_config({
     "transports": {
         "a": {"plugin": "scripted", "options": {"log": log_a}},
         "down": {"plugin": "scripted", "options": {"log": log_a, "open_fails": True}},
         "b": {"plugin": "scripted", "options": {"log": log_b}},
         "rl": {"plugin": "scripted", "concurrency": 1, "options": {"log": log_rl}},
+        "rl2": {"plugin": "scripted", "concurrency": 1, "options": {"log": log_rl2}},
     },
     "default": "a",
     "routes": [
         {"name": "fo", "match": {"sender_domain": ["failover.test"]}, "transports": ["down", "b"]},
         {"name": "rl", "match": {"sender_domain": ["ratelimit.test"]}, "transports": ["rl"]},
+        {"name": "rlf", "match": {"sender_domain": ["ratelimit-fo.test"]}, "transports": ["rl2", "b"]},
     ],
     "retry": {"initial_delay": "1s", "multiplier": 2, "max_delay": "1h", "jitter": 0, "max_age": "6s"},
 })
@@ -110,6 +113,19 @@ try:
                "the rate-limited message is retried after the pause and delivered")
     listing = gw.run("queue", "list").stdout.decode()
     tap.ok("rate limited" not in listing, "once the pause is over queue list no longer shows it", listing)
+
+    # With a failover in the route, a paused transport's messages go to
+    # the next transport at once instead of waiting for the pause.
+    qf = qid_of(gw.send("app@ratelimit-fo.test", ["ratelimit@x.test"], message(10)))
+    wait_until(lambda: [l for l in scripted_log(log_rl2) if l[2] == qf], 10)
+    more = [qid_of(gw.send("app@ratelimit-fo.test", ["ok%d@x.test" % i], message(11 + i))) for i in range(3)]
+    ok = wait_until(lambda: len([l for l in scripted_log(log_b) if l[2] in more + [qf] and l[5] == "delivered"]) == 4, 15)
+    rows_b = scripted_log(log_b)
+    tap.ok(ok, "paused transport with a failover: every message is delivered by the failover", rows_b)
+    tap.eq([(l[2], l[5]) for l in scripted_log(log_rl2)], [(qf, "ratelimited")],
+           "the paused transport is not tried again for the messages that came during its pause")
+    tap.eq(sorted(l[3] for l in rows_b if l[2] in more), [1, 1, 1],
+           "messages moved to the failover by the pause are tried there as their first attempt")
 
     tap.eq(gw.stop(), 0, "postmux serve exits 0")
 finally:

@@ -1269,8 +1269,8 @@ test_postpone (Fixture       *fx,
   complete_all (fx->queue, a, one_rcpt, PMX_RCPT_STATE_DEFERRED, latest, 100);
   g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 2, "w", G_MAXINT64));
 
-  g_assert_true (pmx_queue_postpone (fx->queue, a, later, &error));
-  g_assert_true (pmx_queue_postpone (fx->queue, b, later, &error));
+  g_assert_true (pmx_queue_postpone (fx->queue, a, later, NULL, &error));
+  g_assert_true (pmx_queue_postpone (fx->queue, b, later, "other", &error));
   g_assert_no_error (error);
   ma = get (fx->queue, a);
   mb = get (fx->queue, b);
@@ -1279,6 +1279,8 @@ test_postpone (Fixture       *fx,
   g_assert_cmpuint (ma->attempts, ==, 1);
   g_assert_cmpint (mb->state, ==, PMX_MSG_QUEUED);
   g_assert_cmpint (mb->next_attempt, ==, later);
+  g_assert_cmpstr (mb->next_transport, ==, "other");
+  g_assert_null (ma->next_transport);
   g_assert_cmpuint (mb->attempts, ==, 0);
 
   none = lease (fx->queue, later - 1, 10, "w", G_MAXINT64);
