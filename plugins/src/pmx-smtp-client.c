@@ -2297,3 +2297,61 @@ pmx_smtp_probe_report_verdict (const PmxSmtpProbe *p,
                     host, port, p->error->message);
   return p->error == NULL;
 }
+
+gboolean
+pmx_smtp_config_read (JsonObject    *o,
+                      const char    *instance_name,
+                      const char    *exposed,
+                      GStringChunk  *strings,
+                      PmxSmtpConfig *config,
+                      GError       **error)
+{
+  static const char *const securities[] = { "none", "starttls", "tls", "opportunistic", NULL };
+  static const guint16 default_ports[] = { 25, 587, 465, 25 };
+  JsonObject *timeouts = json_object_has_member (o, "timeouts")
+                           ? json_object_get_object_member (o, "timeouts") : NULL;
+  const char *security = json_object_get_string_member_with_default (o, "security", "starttls");
+  int index = -1;
+
+  for (int i = 0; securities[i] != NULL && index < 0; i++)
+    if (g_str_equal (security, securities[i]))
+      index = i;
+  config->host = g_string_chunk_insert_const (strings, json_object_get_string_member_with_default (o, "host", ""));
+  if (config->host[0] == '\0' || index < 0)
+    {
+      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
+                   "transport '%s': option host is required (the SMTP server's name) and security "
+                   "must be none, starttls, tls or opportunistic", instance_name);
+      return FALSE;
+    }
+  config->security = (PmxSmtpSecurity) index;
+  config->port = (guint16) json_object_get_int_member_with_default (o, "port", default_ports[index]);
+  config->helo_name = g_string_chunk_insert_const (strings,
+    json_object_get_string_member_with_default (o, "helo_name", g_get_host_name ()));
+  config->tls_verify = json_object_get_boolean_member_with_default (o, "tls_verify", TRUE);
+  config->ca_file = json_object_has_member (o, "ca_file")
+                      ? g_string_chunk_insert_const (strings, json_object_get_string_member (o, "ca_file")) : NULL;
+  config->tls_min_version = g_strcmp0 (json_object_get_string_member_with_default (o, "tls_min_version", "1.2"), "1.3") == 0
+                              ? PMX_SMTP_TLS_1_3 : PMX_SMTP_TLS_1_2;
+  config->allow_plaintext_auth = json_object_get_boolean_member_with_default (o, "allow_plaintext_auth", FALSE);
+  config->max_messages_per_connection =
+    (guint) CLAMP (json_object_get_int_member_with_default (o, "max_messages_per_connection", 1000), 1, G_MAXUINT);
+  if (!pmx_smtp_parse_timeout_ms (timeouts, "connect", 30000, &config->connect_timeout_ms)
+      || !pmx_smtp_parse_timeout_ms (timeouts, "command", 300000, &config->command_timeout_ms)
+      || !pmx_smtp_parse_timeout_ms (timeouts, "data", 600000, &config->data_timeout_ms))
+    {
+      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
+                   "transport '%s': option timeouts: each of connect, command and data is a "
+                   "number of seconds or a duration such as \"30s\" or \"5m\"", instance_name);
+      return FALSE;
+    }
+
+  if (!config->tls_verify && config->security != PMX_SMTP_SECURITY_NONE)
+    g_warning ("transport '%s': tls_verify is false: the certificate of %s is not checked, so "
+               "anyone on the path can read the mail and %s — give the CA in ca_file instead",
+               instance_name, config->host, exposed);
+  if (config->security == PMX_SMTP_SECURITY_OPPORTUNISTIC)
+    g_warning ("transport '%s': security is opportunistic: mail to %s goes in plaintext when "
+               "the server does not offer STARTTLS", instance_name, config->host);
+  return TRUE;
+}

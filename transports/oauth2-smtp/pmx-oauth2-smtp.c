@@ -29,9 +29,6 @@
 
 #include <string.h>
 
-#define O2_DURATION "{ \"oneOf\": [ { \"type\": \"integer\", \"minimum\": 1 }, \
-      { \"type\": \"string\", \"pattern\": \"^[0-9]+(ms|s|m|h)$\" } ] }"
-
 /* The options; the integration tests and the presets code against these names. */
 #define O2_SCHEMA "{ \
   \"$schema\": \"http://json-schema.org/draft-07/schema#\", \
@@ -39,13 +36,7 @@
   \"type\": \"object\", \
   \"additionalProperties\": false, \
   \"required\": [\"host\", \"username\", \"credential\"], \
-  \"properties\": { \
-    \"host\": { \"type\": \"string\", \"minLength\": 1, \
-      \"description\": \"the SMTP server (also the name its certificate must carry)\" }, \
-    \"port\": { \"type\": \"integer\", \"minimum\": 1, \"maximum\": 65535, \
-      \"description\": \"default by security: none 25, starttls 587, tls 465, opportunistic 25\" }, \
-    \"security\": { \"enum\": [\"none\", \"starttls\", \"tls\", \"opportunistic\"], \"default\": \"starttls\", \
-      \"description\": \"starttls requires STARTTLS; tls is implicit TLS (port 465); opportunistic uses STARTTLS when offered\" }, \
+  \"properties\": { " PMX_SMTP_SCHEMA_CONNECTION_PROPERTIES ", \
     \"mechanism\": { \"enum\": [\"xoauth2\", \"oauthbearer\"], \"default\": \"xoauth2\", \
       \"description\": \"SASL mechanism carrying the access token\" }, \
     \"username\": { \"type\": \"string\", \"minLength\": 1, \
@@ -53,46 +44,15 @@
     \"credential\": { \"type\": \"object\", \
       \"description\": \"the OAuth2 credential: kind (microsoft, google, generic), tenant, client_id, client_secret, token_endpoint, scopes...\" }, \
     \"allow_plaintext_auth\": { \"type\": \"boolean\", \"default\": false, \
-      \"description\": \"allow the token on an unencrypted connection (testing only)\" }, \
-    \"helo_name\": { \"type\": \"string\", \"minLength\": 1, \
-      \"description\": \"the EHLO name; default this machine's host name\" }, \
-    \"tls_verify\": { \"type\": \"boolean\", \"default\": true, \
-      \"description\": \"verify the server certificate and name; false only for testing\" }, \
-    \"ca_file\": { \"type\": \"string\", \"minLength\": 1, \
-      \"description\": \"PEM file of CAs trusted in addition to the system store\" }, \
-    \"tls_min_version\": { \"enum\": [\"1.2\", \"1.3\"], \"default\": \"1.2\", \
-      \"description\": \"lowest TLS version accepted from the server\" }, \
-    \"timeouts\": { \"type\": \"object\", \"additionalProperties\": false, \
-      \"properties\": { \
-        \"connect\": " O2_DURATION ", \
-        \"command\": " O2_DURATION ", \
-        \"data\": " O2_DURATION " \
-      }, \
-      \"description\": \"seconds, or 500ms/30s/5m/1h; defaults connect 30s, command 5m, data 10m\" }, \
-    \"default_from\": { \"type\": \"string\", \
-      \"description\": \"sender used by postmux send --test\" }, \
-    \"max_messages_per_connection\": { \"type\": \"integer\", \"minimum\": 1, \"default\": 1000, \
-      \"description\": \"reconnect after this many messages on one connection\" }, \
-    \"hint\": { \"type\": \"string\", \
-      \"description\": \"shown by postmux doctor when authentication fails (presets fill it)\" } \
+      \"description\": \"allow the token on an unencrypted connection (testing only)\" } \
   } \
 }"
 
 struct _PmxTransport {
   char              *name;
-  char              *host;
-  guint16            port;
-  PmxSmtpSecurity    security;
-  PmxSmtpAuth        mechanism;       /* XOAUTH2 or OAUTHBEARER */
-  char              *username;
-  gboolean           allow_plaintext_auth;
-  char              *helo_name;
-  gboolean           tls_verify;
-  char              *ca_file;
-  PmxSmtpTlsVersion  tls_min_version;
-  guint              connect_ms, command_ms, data_ms;
-  guint              max_messages;
-  char              *hint;
+  GStringChunk      *strings;         /* the strings of config and hint */
+  PmxSmtpConfig      config;          /* connection, mechanism and username; no token */
+  const char        *hint;
   PmxTokenSource    *tokens;          /* thread-safe; shared by every session */
 };
 
@@ -103,27 +63,12 @@ struct _PmxSession {
   guint          sent;                /* messages on the current connection */
 };
 
-/* o2_enum - index of @value in @names, or -1 */
-static int
-o2_enum (const char        *value,
-         const char *const *names)
-{
-  for (int i = 0; names[i] != NULL; i++)
-    if (g_strcmp0 (value, names[i]) == 0)
-      return i;
-  return -1;
-}
-
 /* o2_destroy - free an instance and its token source */
 static void
 o2_destroy (PmxTransport *self)
 {
   g_free (self->name);
-  g_free (self->host);
-  g_free (self->username);
-  g_free (self->helo_name);
-  g_free (self->ca_file);
-  g_free (self->hint);
+  g_clear_pointer (&self->strings, g_string_chunk_free);
   g_clear_pointer (&self->tokens, pmx_token_source_unref);
   g_free (self);
 }
@@ -164,62 +109,41 @@ static PmxTransport *
 o2_create (const PmxTransportArgs *args,
            GError                **error)
 {
-  static const char *const securities[] = { "none", "starttls", "tls", "opportunistic", NULL };
-  static const guint16 default_ports[] = { 25, 587, 465, 25 };
-  static const char *const mechanisms[] = { "xoauth2", "oauthbearer", NULL };
   JsonObject *o = args->options;
-  JsonObject *timeouts = json_object_has_member (o, "timeouts")
-                           ? json_object_get_object_member (o, "timeouts") : NULL;
   JsonObject *credential = json_object_has_member (o, "credential")
                              ? json_object_get_object_member (o, "credential") : NULL;
+  const char *mechanism = json_object_get_string_member_with_default (o, "mechanism", "xoauth2");
   g_autoptr(JsonObject) cred_options = NULL;
   g_autoptr(GError) local_error = NULL;
   g_autofree char *store_dir = NULL;
   PmxTransport *self = g_new0 (PmxTransport, 1);
-  int security, mechanism;
 
   self->name = g_strdup (args->instance_name);
-  self->host = g_strdup (json_object_get_string_member_with_default (o, "host", NULL));
-  security = o2_enum (json_object_get_string_member_with_default (o, "security", "starttls"), securities);
-  self->security = security < 0 ? PMX_SMTP_SECURITY_STARTTLS : (PmxSmtpSecurity) security;
-  self->port = (guint16) json_object_get_int_member_with_default (o, "port", default_ports[self->security]);
-  mechanism = o2_enum (json_object_get_string_member_with_default (o, "mechanism", "xoauth2"), mechanisms);
-  self->mechanism = mechanism == 1 ? PMX_SMTP_AUTH_OAUTHBEARER : PMX_SMTP_AUTH_XOAUTH2;
-  self->username = g_strdup (json_object_get_string_member_with_default (o, "username", NULL));
-  self->allow_plaintext_auth = json_object_get_boolean_member_with_default (o, "allow_plaintext_auth", FALSE);
-  self->helo_name = g_strdup (json_object_get_string_member_with_default (o, "helo_name", g_get_host_name ()));
-  self->tls_verify = json_object_get_boolean_member_with_default (o, "tls_verify", TRUE);
-  self->ca_file = g_strdup (json_object_get_string_member_with_default (o, "ca_file", NULL));
-  self->tls_min_version = g_strcmp0 (json_object_get_string_member_with_default (o, "tls_min_version", "1.2"), "1.3") == 0
-                            ? PMX_SMTP_TLS_1_3 : PMX_SMTP_TLS_1_2;
-  self->max_messages = (guint) CLAMP (json_object_get_int_member_with_default (o, "max_messages_per_connection", 1000),
-                                      1, G_MAXUINT);
-  self->hint = g_strdup (json_object_get_string_member_with_default (o, "hint", NULL));
-
-  if (self->host == NULL || self->host[0] == '\0' || security < 0 || mechanism < 0)
+  self->strings = g_string_chunk_new (256);
+  self->hint = g_string_chunk_insert_const (self->strings, json_object_get_string_member_with_default (o, "hint", ""));
+  self->hint = self->hint[0] != '\0' ? self->hint : NULL;
+  self->config.username = g_string_chunk_insert_const (self->strings,
+                                                       json_object_get_string_member_with_default (o, "username", ""));
+  if (!pmx_smtp_config_read (o, self->name, "the access token", self->strings, &self->config, error))
     {
-      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
-                   "transport '%s': option host is required (the SMTP server's name), security "
-                   "must be none, starttls, tls or opportunistic, and mechanism xoauth2 or oauthbearer",
-                   self->name);
       o2_destroy (self);
       return NULL;
     }
-  if (self->username == NULL || self->username[0] == '\0' || credential == NULL)
+  if (g_str_equal (mechanism, "xoauth2") || g_str_equal (mechanism, "oauthbearer"))
+    self->config.auth = g_str_equal (mechanism, "xoauth2") ? PMX_SMTP_AUTH_XOAUTH2 : PMX_SMTP_AUTH_OAUTHBEARER;
+  else
+    {
+      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
+                   "transport '%s': option mechanism: \"%s\" is not supported — use xoauth2 or oauthbearer",
+                   self->name, mechanism);
+      o2_destroy (self);
+      return NULL;
+    }
+  if (self->config.username[0] == '\0' || credential == NULL)
     {
       g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
                    "transport '%s': options username (the mailbox) and credential (the OAuth2 "
                    "client: kind, tenant, client_id, client_secret...) are required", self->name);
-      o2_destroy (self);
-      return NULL;
-    }
-  if (!pmx_smtp_parse_timeout_ms (timeouts, "connect", 30000, &self->connect_ms)
-      || !pmx_smtp_parse_timeout_ms (timeouts, "command", 300000, &self->command_ms)
-      || !pmx_smtp_parse_timeout_ms (timeouts, "data", 600000, &self->data_ms))
-    {
-      g_set_error (error, PMX_TRANSPORT_ERROR, PMX_TRANSPORT_ERROR_CONFIG,
-                   "transport '%s': option timeouts: each of connect, command and data is a "
-                   "number of seconds or a duration such as \"30s\" or \"5m\"", self->name);
       o2_destroy (self);
       return NULL;
     }
@@ -235,13 +159,6 @@ o2_create (const PmxTransportArgs *args,
       return NULL;
     }
 
-  if (!self->tls_verify && self->security != PMX_SMTP_SECURITY_NONE)
-    g_warning ("transport '%s': tls_verify is false: the certificate of %s is not checked, so "
-               "anyone on the path can read the mail and the access token — give the CA in ca_file instead",
-               self->name, self->host);
-  if (self->security == PMX_SMTP_SECURITY_OPPORTUNISTIC)
-    g_warning ("transport '%s': security is opportunistic: mail to %s goes in plaintext when "
-               "the server does not offer STARTTLS", self->name, self->host);
   return self;
 }
 
@@ -250,24 +167,9 @@ static PmxSmtpClient *
 o2_client_new (PmxTransport *self,
                const char   *token)
 {
-  PmxSmtpConfig config = {
-    .host = self->host,
-    .port = self->port,
-    .security = self->security,
-    .helo_name = self->helo_name,
-    .tls_verify = self->tls_verify,
-    .ca_file = self->ca_file,
-    .tls_min_version = self->tls_min_version,
-    .connect_timeout_ms = self->connect_ms,
-    .command_timeout_ms = self->command_ms,
-    .data_timeout_ms = self->data_ms,
-    .auth = self->mechanism,
-    .username = self->username,
-    .secret = token,
-    .allow_plaintext_auth = self->allow_plaintext_auth,
-    .max_messages_per_connection = self->max_messages,
-  };
+  PmxSmtpConfig config = self->config;
 
+  config.secret = token;
   return pmx_smtp_client_new (&config);
 }
 
@@ -422,7 +324,7 @@ o2_send (PmxSession        *session,
 
   /* A new connection is made here rather than inside the engine, so that a
    * token the server refuses at AUTH is refreshed once, as at open. */
-  if (self->max_messages > 0 && session->sent >= self->max_messages)
+  if (self->config.max_messages_per_connection > 0 && session->sent >= self->config.max_messages_per_connection)
     pmx_smtp_client_disconnect (session->client);
   if (!pmx_smtp_client_is_connected (session->client))
     {
@@ -514,23 +416,23 @@ o2_check (PmxTransport *self,
   if (token == NULL)
     {
       pmx_report_add (report, PMX_CHECK_FAIL, "verdict",
-                      "cannot send through %s port %u: no access token", self->host, self->port);
+                      "cannot send through %s port %u: no access token", self->config.host, self->config.port);
       return FALSE;
     }
   client = o2_client_new (self, token);
   pmx_secret_free (token);
   p = pmx_smtp_client_probe (client);
 
-  if (!pmx_smtp_probe_report_connection (p, self->host, self->security, self->tls_verify,
+  if (!pmx_smtp_probe_report_connection (p, self->config.host, self->config.security, self->config.tls_verify,
                                          "access token", report))
     goto verdict;
 
   /* auth */
-  pmx_smtp_probe_report_auth (p, self->username, o2_auth_cause (p->auth_code, p->auth_enhanced),
+  pmx_smtp_probe_report_auth (p, self->config.username, o2_auth_cause (p->auth_code, p->auth_enhanced),
                               self->hint, report);
 
 verdict:
-  return pmx_smtp_probe_report_verdict (p, self->host, self->port, report);
+  return pmx_smtp_probe_report_verdict (p, self->config.host, self->config.port, report);
 }
 
 static const PmxTransportOps o2_ops = {

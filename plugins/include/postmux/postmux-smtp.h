@@ -244,6 +244,73 @@ gboolean pmx_smtp_probe_report_verdict    (const PmxSmtpProbe *probe,
                                            guint               port,
                                            PmxReport          *report);
 
+/**
+ * PMX_SMTP_SCHEMA_CONNECTION_PROPERTIES:
+ *
+ * The JSON Schema properties every SMTP-speaking transport shares, as
+ * pmx_smtp_config_read() reads them: host, port, security, helo_name,
+ * tls_verify, ca_file, tls_min_version, timeouts,
+ * max_messages_per_connection, default_from and hint.  Members of a
+ * "properties" object without the braces: write the transport's own
+ * properties after it, separated by a comma.
+ */
+#define PMX_SMTP_SCHEMA_DURATION "{ \"oneOf\": [ { \"type\": \"integer\", \"minimum\": 1 }, \
+      { \"type\": \"string\", \"pattern\": \"^[0-9]+(ms|s|m|h)$\" } ] }"
+#define PMX_SMTP_SCHEMA_CONNECTION_PROPERTIES " \
+    \"host\": { \"type\": \"string\", \"minLength\": 1, \
+      \"description\": \"the SMTP server (also the name its certificate must carry)\" }, \
+    \"port\": { \"type\": \"integer\", \"minimum\": 1, \"maximum\": 65535, \
+      \"description\": \"default by security: none 25, starttls 587, tls 465, opportunistic 25\" }, \
+    \"security\": { \"enum\": [\"none\", \"starttls\", \"tls\", \"opportunistic\"], \"default\": \"starttls\", \
+      \"description\": \"starttls requires STARTTLS; tls is implicit TLS (port 465); opportunistic uses STARTTLS when offered\" }, \
+    \"helo_name\": { \"type\": \"string\", \"minLength\": 1, \
+      \"description\": \"the EHLO name; default this machine's host name\" }, \
+    \"tls_verify\": { \"type\": \"boolean\", \"default\": true, \
+      \"description\": \"verify the server certificate and name; false only for testing\" }, \
+    \"ca_file\": { \"type\": \"string\", \"minLength\": 1, \
+      \"description\": \"PEM file of CAs trusted in addition to the system store\" }, \
+    \"tls_min_version\": { \"enum\": [\"1.2\", \"1.3\"], \"default\": \"1.2\", \
+      \"description\": \"lowest TLS version accepted from the server\" }, \
+    \"timeouts\": { \"type\": \"object\", \"additionalProperties\": false, \
+      \"properties\": { \
+        \"connect\": " PMX_SMTP_SCHEMA_DURATION ", \
+        \"command\": " PMX_SMTP_SCHEMA_DURATION ", \
+        \"data\": " PMX_SMTP_SCHEMA_DURATION " \
+      }, \
+      \"description\": \"seconds, or 500ms/30s/5m/1h; defaults connect 30s, command 5m, data 10m\" }, \
+    \"default_from\": { \"type\": \"string\", \
+      \"description\": \"sender used by postmux send --test\" }, \
+    \"max_messages_per_connection\": { \"type\": \"integer\", \"minimum\": 1, \"default\": 1000, \
+      \"description\": \"reconnect after this many messages on one connection\" }, \
+    \"hint\": { \"type\": \"string\", \
+      \"description\": \"shown by postmux doctor when authentication fails (presets fill it)\" } "
+
+/**
+ * pmx_smtp_config_read:
+ * @options: a transport's options, validated against a schema made with
+ *   PMX_SMTP_SCHEMA_CONNECTION_PROPERTIES (plus allow_plaintext_auth).
+ * @instance_name: for messages.
+ * @exposed: what an unverified or plaintext connection exposes ("the
+ *   password", "the access token"), for the warnings.
+ * @strings: where the strings of @config are copied; free it (with
+ *   g_string_chunk_free()) when @config is no longer used.
+ * @config: (out caller-allocates): its connection members are set (host,
+ *   port, security, helo_name, tls_verify, ca_file, tls_min_version, the
+ *   three timeouts, allow_plaintext_auth, max_messages_per_connection);
+ *   the others are left alone.
+ *
+ * Logs a warning when tls_verify is false or security is opportunistic.
+ *
+ * Returns: FALSE with a %PMX_TRANSPORT_ERROR_CONFIG error naming the
+ *   instance and the option.
+ */
+gboolean pmx_smtp_config_read (JsonObject    *options,
+                               const char    *instance_name,
+                               const char    *exposed,
+                               GStringChunk  *strings,
+                               PmxSmtpConfig *config,
+                               GError       **error);
+
 /* A "timeouts" member of transport options in milliseconds: absent gives
  * @fallback_ms; a positive integer is seconds; a string is a positive
  * number with a unit "ms", "s", "m" or "h" ("30s", "5m").  FALSE (and
