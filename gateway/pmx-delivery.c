@@ -80,6 +80,7 @@ struct _PmxDelivery {
   guint            inflight;    /* jobs queued in pools, being sent, or committing */
   guint            committing;  /* of inflight: sent, outcome not yet committed */
   GHashTable      *pauses;      /* transport name -> DeliveryPause*, kept across reloads */
+  gint             n_pauses;    /* atomic: size of pauses, read without the lock */
   GThread         *dispatcher;
 };
 
@@ -114,6 +115,7 @@ delivery_paused_until (PmxDelivery *delivery,
     return pause->until;
   pmx_log_info (NULL, transport, "transport %s: rate limit pause over, sending again", transport);
   g_hash_table_remove (delivery->pauses, transport);
+  g_atomic_int_set (&delivery->n_pauses, (gint) g_hash_table_size (delivery->pauses));
   return 0;
 }
 
@@ -135,6 +137,7 @@ delivery_pause (PmxDelivery *delivery,
     {
       pause = g_new0 (DeliveryPause, 1);
       g_hash_table_insert (delivery->pauses, g_strdup (transport), pause);
+      g_atomic_int_set (&delivery->n_pauses, (gint) g_hash_table_size (delivery->pauses));
     }
   pause->until = until;
   g_free (pause->reason);
@@ -522,8 +525,12 @@ delivery_postpone_if_paused (DeliveryPool *pool,
   const char *transport = pmx_instance_get_name (pool->instance);
   g_autoptr(GError) error = NULL;
   gboolean fail_over;
-  gint64 until, now = g_get_real_time ();
+  gint64 until, now;
 
+  /* The common case, nothing paused, costs no lock per message. */
+  if (g_atomic_int_get (&delivery->n_pauses) == 0)
+    return FALSE;
+  now = g_get_real_time ();
   g_mutex_lock (&delivery->lock);
   until = delivery_paused_until (delivery, transport, now);
   /* A failover that is paused too is no way out: wait (no ping-pong). */
