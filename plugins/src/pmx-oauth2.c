@@ -1461,3 +1461,37 @@ pmx_token_source_redeem (PmxTokenSource     *source,
     }
   return TRUE;
 }
+
+PmxFailureClass
+pmx_oauth2_error_get_failure (const GError *error)
+{
+  if (error == NULL || error->domain != PMX_OAUTH2_ERROR)
+    return PMX_FAILURE_TEMPORARY;
+  switch (error->code)
+    {
+    case PMX_OAUTH2_ERROR_AUTH:
+    case PMX_OAUTH2_ERROR_CONFIG:
+      return PMX_FAILURE_CONFIG;
+    case PMX_OAUTH2_ERROR_NEEDS_LOGIN:
+      return PMX_FAILURE_AUTH;
+    default:
+      return PMX_FAILURE_TEMPORARY;
+    }
+}
+
+JsonObject *
+pmx_oauth2_credential_copy (JsonObject *credential,
+                            const char *default_name)
+{
+  JsonObject *o = json_object_new ();
+  JsonObjectIter iter;
+  const char *member;
+  JsonNode *node;
+
+  json_object_iter_init (&iter, credential);
+  while (json_object_iter_next (&iter, &member, &node))
+    json_object_set_member (o, member, json_node_copy (node));
+  if (!json_object_has_member (o, "name") && default_name != NULL)
+    json_object_set_string_member (o, "name", default_name);
+  return o;
+}

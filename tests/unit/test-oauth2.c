@@ -1108,6 +1108,41 @@ test_no_token_in_logs (void)
   g_assert_cmpuint (n_lines, >, 10);
 }
 
+/* /oauth2/transport-helpers - how transports class token errors, and the
+ * credential copy they hand to pmx_token_source_new() */
+static void
+test_transport_helpers (void)
+{
+  static const struct { int code; PmxFailureClass want; } cases[] = {
+    { PMX_OAUTH2_ERROR_AUTH, PMX_FAILURE_CONFIG },
+    { PMX_OAUTH2_ERROR_CONFIG, PMX_FAILURE_CONFIG },
+    { PMX_OAUTH2_ERROR_NEEDS_LOGIN, PMX_FAILURE_AUTH },
+    { PMX_OAUTH2_ERROR_TEMPORARY, PMX_FAILURE_TEMPORARY },
+    { PMX_OAUTH2_ERROR_FAILED, PMX_FAILURE_TEMPORARY },
+  };
+  g_autoptr(JsonObject) cred = json_object_new ();
+  g_autoptr(JsonObject) copy = NULL;
+  g_autoptr(JsonObject) named = NULL;
+  g_autoptr(GError) cancelled = g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED, "cancelled");
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autoptr(GError) e = g_error_new_literal (PMX_OAUTH2_ERROR, cases[i].code, "x");
+
+      g_assert_cmpint (pmx_oauth2_error_get_failure (e), ==, cases[i].want);
+    }
+  g_assert_cmpint (pmx_oauth2_error_get_failure (cancelled), ==, PMX_FAILURE_TEMPORARY);
+
+  json_object_set_string_member (cred, "kind", "generic");
+  copy = pmx_oauth2_credential_copy (cred, "t1");
+  g_assert_cmpstr (json_object_get_string_member (copy, "name"), ==, "t1");
+  g_assert_cmpstr (json_object_get_string_member (copy, "kind"), ==, "generic");
+  g_assert_false (json_object_has_member (cred, "name"));     /* the original is untouched */
+  json_object_set_string_member (cred, "name", "shared");
+  named = pmx_oauth2_credential_copy (cred, "t1");
+  g_assert_cmpstr (json_object_get_string_member (named, "name"), ==, "shared");
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1144,6 +1179,7 @@ main (int argc, char **argv)
   g_test_add_func ("/oauth2/login/authorization-code-pkce", test_login_authorization_code);
   g_test_add_func ("/oauth2/login/device-code-and-google-refusal", test_login_device_code);
   g_test_add_func ("/oauth2/registry/newest-by-name", test_registry);
+  g_test_add_func ("/oauth2/transport-helpers", test_transport_helpers);
   g_test_add_func ("/oauth2/logs/no-token-in-any-log-or-error", test_no_token_in_logs);
 
   rc = g_test_run ();

@@ -185,14 +185,8 @@ gmail_credential_options (JsonObject *credential,
                           const char *scope,
                           const char *subject)
 {
-  JsonObject *o = json_object_new ();
-  GList *members = json_object_get_members (credential);
+  JsonObject *o = pmx_oauth2_credential_copy (credential, instance_name);
 
-  for (GList *m = members; m != NULL; m = m->next)
-    json_object_set_member (o, m->data, json_node_copy (json_object_get_member (credential, m->data)));
-  g_list_free (members);
-  if (!json_object_has_member (o, "name"))
-    json_object_set_string_member (o, "name", instance_name);
   if (!json_object_has_member (o, "scopes"))
     json_object_set_string_member (o, "scopes", scope);
   if (subject != NULL && json_object_has_member (o, "service_account_file"))
@@ -418,24 +412,6 @@ gmail_close_session (PmxSession *session)
   g_free (session);
 }
 
-/* gmail_failure_class - the whole-attempt class of a token source error */
-static PmxFailureClass
-gmail_failure_class (const GError *error)
-{
-  if (error->domain != PMX_OAUTH2_ERROR)
-    return PMX_FAILURE_TEMPORARY;
-  switch (error->code)
-    {
-    case PMX_OAUTH2_ERROR_AUTH:
-    case PMX_OAUTH2_ERROR_CONFIG:
-      return PMX_FAILURE_CONFIG;
-    case PMX_OAUTH2_ERROR_NEEDS_LOGIN:
-      return PMX_FAILURE_AUTH;
-    default:
-      return PMX_FAILURE_TEMPORARY;
-    }
-}
-
 /* gmail_token_fix - what to do about a token error, or "" (transfer full) */
 static char *
 gmail_token_fix (PmxTransport *self,
@@ -461,7 +437,7 @@ gmail_get_token (PmxTransport   *self,
     {
       g_autofree char *fix = gmail_token_fix (self, error);
 
-      pmx_result_fail (result, gmail_failure_class (error), 0, NULL, "transport '%s': %s%s",
+      pmx_result_fail (result, pmx_oauth2_error_get_failure (error), 0, NULL, "transport '%s': %s%s",
                        self->name, error->message, fix);
     }
   return token;

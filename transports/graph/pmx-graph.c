@@ -199,16 +199,10 @@ graph_credential_options (JsonObject *credential,
                           const char *authority,
                           const char *graph_url)
 {
-  JsonObject *o = json_object_new ();
-  GList *members = json_object_get_members (credential);
+  JsonObject *o = pmx_oauth2_credential_copy (credential, instance_name);
   g_autofree char *scope = NULL;
   gboolean delegated;
 
-  for (GList *m = members; m != NULL; m = m->next)
-    json_object_set_member (o, m->data, json_node_copy (json_object_get_member (credential, m->data)));
-  g_list_free (members);
-  if (!json_object_has_member (o, "name"))
-    json_object_set_string_member (o, "name", instance_name);
   if (!json_object_has_member (o, "kind"))
     json_object_set_string_member (o, "kind", "microsoft");
   if (authority != NULL && !json_object_has_member (o, "authority"))
@@ -374,24 +368,6 @@ graph_slot_release (PmxTransport *self,
     g_hash_table_insert (self->slots, g_strdup (key), GUINT_TO_POINTER (n - 1));
   g_cond_broadcast (&self->slots_cond);
   g_mutex_unlock (&self->slots_lock);
-}
-
-/* graph_token_failure - the failure class of a token source error */
-static PmxFailureClass
-graph_token_failure (const GError *error)
-{
-  if (error->domain != PMX_OAUTH2_ERROR)
-    return PMX_FAILURE_TEMPORARY;
-  switch (error->code)
-    {
-    case PMX_OAUTH2_ERROR_AUTH:
-    case PMX_OAUTH2_ERROR_CONFIG:
-      return PMX_FAILURE_CONFIG;
-    case PMX_OAUTH2_ERROR_NEEDS_LOGIN:
-      return PMX_FAILURE_AUTH;
-    default:
-      return PMX_FAILURE_TEMPORARY;
-    }
 }
 
 /* graph_error_fields - Graph's error.code and error.message, when the body has them */
@@ -567,12 +543,9 @@ graph_call (GraphAttempt       *a,
           a->token = pmx_token_source_get_token (self->tokens, FALSE, NULL, &error);
           if (a->token == NULL)
             {
-              graph_outcome_set (out, graph_token_failure (error), 0, "4.7.0", "transport '%s': %s%s%s", self->name,
-                                 error->message,
-                                 g_error_matches (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN)
-                                   ? " — run postmux auth login " : "",
-                                 g_error_matches (error, PMX_OAUTH2_ERROR, PMX_OAUTH2_ERROR_NEEDS_LOGIN)
-                                   ? self->name : "");
+              /* The SDK's message names the fix (`postmux auth login NAME` included). */
+              graph_outcome_set (out, pmx_oauth2_error_get_failure (error), 0, "4.7.0", "transport '%s': %s",
+                                 self->name, error->message);
               return FALSE;
             }
         }

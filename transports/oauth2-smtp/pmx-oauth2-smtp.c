@@ -79,17 +79,10 @@ static JsonObject *
 o2_credential_options (JsonObject *credential,
                        const char *instance_name)
 {
-  JsonObject *o = json_object_new ();
+  JsonObject *o = pmx_oauth2_credential_copy (credential, instance_name);
   const char *kind;
   gboolean delegated;
 
-  GList *members = json_object_get_members (credential);
-
-  for (GList *m = members; m != NULL; m = m->next)
-    json_object_set_member (o, m->data, json_node_copy (json_object_get_member (credential, m->data)));
-  g_list_free (members);
-  if (!json_object_has_member (o, "name"))
-    json_object_set_string_member (o, "name", instance_name);
   if (json_object_has_member (o, "scopes"))
     return o;
 
@@ -177,14 +170,11 @@ o2_client_new (PmxTransport *self,
 static PmxTransportErrorCode
 o2_token_code (const GError *error)
 {
-  if (error->domain != PMX_OAUTH2_ERROR)
-    return PMX_TRANSPORT_ERROR_TEMPORARY;
-  switch (error->code)
+  switch (pmx_oauth2_error_get_failure (error))
     {
-    case PMX_OAUTH2_ERROR_AUTH:
-    case PMX_OAUTH2_ERROR_CONFIG:
+    case PMX_FAILURE_CONFIG:
       return PMX_TRANSPORT_ERROR_CONFIG;
-    case PMX_OAUTH2_ERROR_NEEDS_LOGIN:
+    case PMX_FAILURE_AUTH:
       return PMX_TRANSPORT_ERROR_AUTH;
     default:
       return PMX_TRANSPORT_ERROR_TEMPORARY;
@@ -299,15 +289,7 @@ o2_send (PmxSession        *session,
        * one would need a token we do not have. */
       if (!pmx_smtp_client_is_connected (session->client))
         {
-          static const PmxFailureClass classes[] = {
-            [PMX_TRANSPORT_ERROR_TEMPORARY] = PMX_FAILURE_TEMPORARY,
-            [PMX_TRANSPORT_ERROR_PERMANENT] = PMX_FAILURE_PERMANENT,
-            [PMX_TRANSPORT_ERROR_AUTH] = PMX_FAILURE_AUTH,
-            [PMX_TRANSPORT_ERROR_CONFIG] = PMX_FAILURE_CONFIG,
-            [PMX_TRANSPORT_ERROR_FAILED] = PMX_FAILURE_TEMPORARY,
-          };
-
-          pmx_result_fail (result, classes[o2_token_code (error)], 0, NULL, "transport '%s': %s", self->name,
+          pmx_result_fail (result, pmx_oauth2_error_get_failure (error), 0, NULL, "transport '%s': %s", self->name,
                            error->message);
           return;
         }

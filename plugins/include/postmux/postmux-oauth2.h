@@ -62,6 +62,7 @@
 
 #include <gio/gio.h>
 #include <json-glib/json-glib.h>
+#include <postmux/postmux-result.h>
 
 G_BEGIN_DECLS
 
@@ -94,6 +95,18 @@ typedef enum {
 } PmxOAuth2Error;
 
 GQuark pmx_oauth2_error_quark (void);
+
+/* How a transport classes a failure to get a token (any domain): AUTH and
+ * CONFIG errors are CONFIG (the app registration or options need fixing),
+ * NEEDS_LOGIN is AUTH (messages wait for `postmux auth login`), anything
+ * else TEMPORARY.  The error's message already names the fix. */
+PmxFailureClass pmx_oauth2_error_get_failure (const GError *error);
+
+/* A copy of a transport's "credential" option for pmx_token_source_new(),
+ * named @default_name when it has no "name" (transfer full).  Transports
+ * add their default scopes and other members to the copy. */
+JsonObject *pmx_oauth2_credential_copy (JsonObject *credential,
+                                        const char *default_name);
 
 typedef enum {
   PMX_TOKEN_STATE_OK,           /* a token was obtained, or none asked for yet */
