@@ -156,7 +156,13 @@ log_writer (GLogLevelFlags   level,
 void
 pmx_log_set_level (const char *level)
 {
-  g_atomic_int_set (&log_threshold, (gint) log_level_value (level));
+  GLogLevelFlags value = log_level_value (level);
+
+  g_atomic_int_set (&log_threshold, (gint) value);
+  /* Code that asks before it formats a debug line (the SDK's SMTP client
+   * does, per session) asks g_log_writer_default_would_drop(): say yes there
+   * too when the config wants debug. */
+  g_log_set_debug_enabled (value == G_LOG_LEVEL_DEBUG);
 }
 
 void

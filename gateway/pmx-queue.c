@@ -8,7 +8,13 @@
  * COMMIT with a SAVEPOINT per request, and answers each caller only after
  * the COMMIT returned (group commit: one fsync for many submissions).
  * pmx_queue_complete_async() requests own a copy of their attempt and are
- * answered by calling their callback on the writer thread.
+ * answered by calling their callback on the writer thread.  No caller waits
+ * for those, so the writer lets them gather (QUEUE_GROUP_MIN of them, or
+ * QUEUE_GROUP_WAIT_USEC after the first) unless something else is pending,
+ * which takes them along at once.  A batch of nothing but leases commits
+ * without an fsync (synchronous=NORMAL, still consistent in WAL mode): a
+ * lease lost to a power cut only lets the message be leased again, and the
+ * next durable commit syncs it anyway, since the WAL is written in order.
  * Reads use a second connection behind queue->read_lock; WAL lets it read
  * while the writer writes.
  *
@@ -36,6 +42,8 @@
 #define QUEUE_SCHEMA_VERSION  1
 #define QUEUE_BUSY_TIMEOUT_MS 5000
 #define QUEUE_BATCH_MAX       512
+#define QUEUE_GROUP_MIN       128
+#define QUEUE_GROUP_WAIT_USEC 10000
 #define QUEUE_ID_TRIES        8
 #define QUEUE_ID_SEQ_BITS     20
 
@@ -72,7 +80,8 @@ typedef enum {
 } QueueOp;
 
 typedef struct {
-  QueueOp op;
+  QueueOp  op;
+  gboolean deferrable;   /* COMPLETE from pmx_queue_complete_async(): nobody waits */
 
   /* SUBMIT: owned copies, since an async caller lends @sub only for the call. */
   char        *ingress;
@@ -127,9 +136,13 @@ struct _PmxQueue {
   GMutex     read_lock;    /* protects rconn */
   QueueConn  rconn;
 
-  GMutex     lock;         /* protects pending, closing, hold */
+  GMutex     lock;         /* protects pending and the four below it, closing, hold */
   GCond      cond;         /* pending grew, closing or hold changed */
   GQueue     pending;      /* QueueRequest*, oldest first */
+  guint      n_urgent;     /* of pending: someone waits for these */
+  guint      n_deferred;   /* of pending: deferrable */
+  gint64     deferred_since; /* monotonic time the oldest deferrable one came */
+  gboolean   relaxed;      /* writer only: the connection runs synchronous=NORMAL */
   gboolean   closing;
   gboolean   hold;         /* tests: writer takes nothing while set */
 
@@ -1378,6 +1391,17 @@ queue_run_batch (PmxQueue      *queue,
 {
   QueueConn *conn = &queue->wconn;
   g_autoptr (GError) batch_error = NULL;
+  gboolean durable = FALSE;
+
+  for (guint i = 0; i < n && !durable; i++)
+    durable = reqs[i]->op != QUEUE_OP_LEASE;
+  if (durable == queue->relaxed)
+    {
+      if (!queue_exec (conn, durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+                       "setting synchronous", &batch_error))
+        goto answer;
+      queue->relaxed = !durable;
+    }
 
   if (!queue_exec (conn, "BEGIN IMMEDIATE", "starting a transaction", &batch_error))
     goto answer;
@@ -1520,6 +1544,40 @@ queue_start_checkpointer (PmxQueue *queue,
   return TRUE;
 }
 
+/* queue_writer_ready - whether the writer should take what is pending now;
+ * if not, *deadline is when it should look again (G_MAXINT64: when woken);
+ * *with_deferred tells whether to take the deferrable ones too (not when
+ * only leases are waited for: they would make that commit sync);
+ * queue->lock held */
+static gboolean
+queue_writer_ready (PmxQueue *queue,
+                    gint64   *deadline,
+                    gboolean *with_deferred)
+{
+  *deadline = G_MAXINT64;
+  *with_deferred = TRUE;
+  if (queue->closing)
+    return TRUE;
+  if (queue->hold || g_queue_is_empty (&queue->pending))
+    return FALSE;
+  if (queue->n_deferred > 0)
+    {
+      *deadline = queue->deferred_since + QUEUE_GROUP_WAIT_USEC;
+      if (queue->n_deferred >= QUEUE_GROUP_MIN || g_get_monotonic_time () >= *deadline)
+        return TRUE;
+    }
+  if (queue->n_urgent == 0)
+    return FALSE;
+  *with_deferred = FALSE;
+  for (GList *l = queue->pending.head; l != NULL && !*with_deferred; l = l->next)
+    {
+      QueueRequest *req = l->data;
+
+      *with_deferred = !req->deferrable && req->op != QUEUE_OP_LEASE;
+    }
+  return TRUE;
+}
+
 /* queue_writer_main - the writer thread: take what is pending, commit, answer */
 static gpointer
 queue_writer_main (gpointer data)
@@ -1529,13 +1587,40 @@ queue_writer_main (gpointer data)
 
   for (;;)
     {
+      gboolean with_deferred;
+      gint64 deadline;
       guint n = 0;
+      GList *l;
 
       g_mutex_lock (&queue->lock);
-      while (!queue->closing && (queue->hold || g_queue_is_empty (&queue->pending)))
-        g_cond_wait (&queue->cond, &queue->lock);
-      while (n < QUEUE_BATCH_MAX && !g_queue_is_empty (&queue->pending))
-        batch[n++] = g_queue_pop_head (&queue->pending);
+      while (!queue_writer_ready (queue, &deadline, &with_deferred))
+        {
+          if (deadline == G_MAXINT64)
+            g_cond_wait (&queue->cond, &queue->lock);
+          else
+            g_cond_wait_until (&queue->cond, &queue->lock, deadline);
+        }
+      l = queue->pending.head;
+      while (n < QUEUE_BATCH_MAX && l != NULL)
+        {
+          QueueRequest *req = l->data;
+          GList *next = l->next;
+
+          if (req->deferrable && !with_deferred)
+            {
+              l = next;
+              continue;
+            }
+          g_queue_delete_link (&queue->pending, l);
+          if (req->deferrable)
+            queue->n_deferred--;
+          else
+            queue->n_urgent--;
+          batch[n++] = req;
+          l = next;
+        }
+      if (with_deferred && queue->n_deferred > 0)
+        queue->deferred_since = g_get_monotonic_time ();
       g_mutex_unlock (&queue->lock);
 
       if (n == 0)
@@ -1562,7 +1647,20 @@ queue_push (PmxQueue     *queue,
       return FALSE;
     }
   g_queue_push_tail (&queue->pending, req);
-  g_cond_signal (&queue->cond);
+  /* Wake the writer for what is waited for, and for deferrable ones only
+   * to start their clock or when there are enough of them. */
+  if (!req->deferrable)
+    {
+      queue->n_urgent++;
+      g_cond_signal (&queue->cond);
+    }
+  else if (queue->n_deferred++ == 0)
+    {
+      queue->deferred_since = g_get_monotonic_time ();
+      g_cond_signal (&queue->cond);
+    }
+  else if (queue->n_deferred == QUEUE_GROUP_MIN)
+    g_cond_signal (&queue->cond);
   g_mutex_unlock (&queue->lock);
   return TRUE;
 }
@@ -1978,6 +2076,7 @@ pmx_queue_complete_async (PmxQueue            *queue,
    * lives until the writer has answered. */
   req = g_new0 (QueueRequest, 1);
   req->op = QUEUE_OP_COMPLETE;
+  req->deferrable = TRUE;
   req->strings = g_string_chunk_new (256);
   req->complete_func = callback;
   req->complete_data = user_data;

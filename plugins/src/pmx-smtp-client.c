@@ -148,6 +148,7 @@ struct _PmxSmtpClient {
   GString         *transcript;
   gboolean         transcript_full;
   gboolean         transcript_off;    /* this send's result wants none */
+  gboolean         trace;             /* debug output wanted (looked up once: it costs a getenv) */
   PmxSmtpProbe    *probe;             /* filled while probing, else NULL */
 };
 
@@ -207,7 +208,7 @@ static void
 smtp_state (PmxSmtpClient *c,
             SmtpState      next)
 {
-  if (c->state != next)
+  if (c->trace && c->state != next)
     g_debug ("smtp %s:%u: %s -> %s", c->host, c->port,
              smtp_state_names[c->state], smtp_state_names[next]);
   c->state = next;
@@ -1553,6 +1554,7 @@ pmx_smtp_client_new (const PmxSmtpConfig *config)
   g_return_val_if_fail ((guint) config->security <= PMX_SMTP_SECURITY_OPPORTUNISTIC, NULL);
 
   c = g_new0 (PmxSmtpClient, 1);
+  c->trace = !g_log_writer_default_would_drop (G_LOG_LEVEL_DEBUG, G_LOG_DOMAIN);
   c->host = g_strdup (config->host);
   c->security = config->security;
   c->port = config->port != 0 ? config->port : default_ports[config->security];
@@ -1780,19 +1782,41 @@ smtp_write_body (PmxSmtpClient *c,
 {
   g_autoptr(GString) out = g_string_sized_new (MIN (len, SMTP_CHUNK) + 1024);
   gboolean bol = TRUE;
+  gsize i = 0;
 
   smtp_state (c, SMTP_STATE_BODY);
   smtp_note (c, 'C', "<message, %" G_GSIZE_FORMAT " bytes>", len);
-  for (gsize i = 0; i < len; i++)
+  /* A line (or SMTP_CHUNK of one) at a time: dot-stuff a line's start
+   * (RFC 5321 4.5.2), and end every line with CRLF, giving a bare LF its CR. */
+  while (i < len)
     {
-      guint8 ch = msg[i];
+      gsize span = MIN (len - i, SMTP_CHUNK);
+      const guint8 *nl = memchr (msg + i, '\n', span);
 
-      if (bol && ch == '.')
-        g_string_append_c (out, '.');   /* RFC 5321 4.5.2 */
-      if (ch == '\n' && (i == 0 || msg[i - 1] != '\r'))
-        g_string_append_c (out, '\r');
-      g_string_append_c (out, (char) ch);
-      bol = ch == '\n';
+      if (bol && msg[i] == '.')
+        g_string_append_c (out, '.');
+      if (nl == NULL)
+        {
+          g_string_append_len (out, (const char *) msg + i, (gssize) span);
+          i += span;
+          bol = FALSE;
+        }
+      else
+        {
+          gsize end = (gsize) (nl - msg);
+
+          if (end == i && i > 0 && msg[i - 1] == '\r')
+            g_string_append_c (out, '\n');      /* the CR went out with the last chunk */
+          else
+            {
+              gsize text_end = end > i && msg[end - 1] == '\r' ? end - 1 : end;
+
+              g_string_append_len (out, (const char *) msg + i, (gssize) (text_end - i));
+              g_string_append_len (out, "\r\n", 2);
+            }
+          i = end + 1;
+          bol = TRUE;
+        }
       if (out->len >= SMTP_CHUNK)
         {
           if (!smtp_write_all (c, out->str, out->len, error))

@@ -308,6 +308,8 @@ class PeerSMTP(SMTP):
     """aiosmtpd's SMTP with counters, a transcript and RFC 4954 MAIL AUTH= accepted."""
 
     def __init__(self, handler, st, implicit_tls, **kw):
+        if st.a.line_limit:
+            self.line_length_limit = st.a.line_limit   # read by SMTP.__init__ for its reader
         super().__init__(handler, **kw)
         self.st = st
         self.implicit_tls = implicit_tls
@@ -421,6 +423,8 @@ def main():
                    help="offer PIPELINING (the default; the last of these two wins)")
     p.add_argument("--no-pipelining", dest="pipelining", action="store_false")
     p.add_argument("--size", type=int, default=32 * 1024 * 1024, help="SIZE limit (0: none)")
+    p.add_argument("--line-limit", type=int, default=0,
+                   help="longest line taken in DATA (default: aiosmtpd's 1001, RFC 5321's)")
     p.add_argument("--outdir")
     p.add_argument("--status")
     p.add_argument("--transcript")

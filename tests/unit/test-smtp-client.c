@@ -556,6 +556,40 @@ test_dot_stuffing (void)
   g_assert_cmpuint (len, ==, strlen (eml));
 }
 
+/* /smtp/data/long-line - a line longer than the client's 64 KiB write
+ * chunk, whose CR ends one chunk and LF starts the next, still goes out as
+ * one CRLF line; a leading dot in the next chunk is not a line's start */
+static void
+test_long_line (void)
+{
+  g_autoptr(Peer) peer = peer_start ("none", "--line-limit", "200000", NULL);
+  PmxSmtpConfig config = config_for (peer, PMX_SMTP_SECURITY_NONE, PMX_SMTP_AUTH_NONE);
+  g_autoptr(PmxSmtpClient) client = pmx_smtp_client_new (&config);
+  const char *const rcpts[] = { "b@y.test", NULL };
+  g_autoptr(GString) message = g_string_new ("Subject: long\r\n\r\n");
+  g_autoptr(GString) want = NULL;
+  g_autoptr(PmxResult) result = NULL;
+  gsize len = 0;
+  g_autofree char *eml = NULL;
+
+  while (message->len < 65535)
+    g_string_append_c (message, 'x');
+  g_string_append (message, "\r\n.y");           /* CR is byte 65535: the first chunk's last */
+  while (message->len < 2 * 65536 + 1)   /* 65537 + 65536: where the third chunk starts */
+    g_string_append_c (message, 'z');
+  g_string_append (message, ".tail\n");          /* a dot that starts a chunk, not a line */
+  want = g_string_new (message->str);
+  g_string_replace (want, "\r\n.y", "\r\n..y", 1);
+  g_string_replace (want, ".tail\n", ".tail\r\n", 1);
+  result = send_to (client, rcpts, message->str);
+  eml = peer_file (peer, "000001.eml", &len);
+
+  assert_recipient (result, 0, PMX_RCPT_DELIVERED, 250, "2.0.0", "OK queued as 000001");
+  g_assert_cmpuint (len, ==, want->len - 1);      /* the peer unstuffs: one dot less */
+  g_string_replace (want, "\r\n..y", "\r\n.y", 1);
+  g_assert_true (memcmp (eml, want->str, want->len) == 0);
+}
+
 /* /smtp/size/refused - over the server's SIZE: permanent, before MAIL */
 static void
 test_size (void)
@@ -816,6 +850,7 @@ main (int    argc,
   g_test_add_func ("/smtp/transcript/only-when-asked", test_transcript_only_when_asked);
   g_test_add_func ("/smtp/pipelining", test_pipelining);
   g_test_add_func ("/smtp/data/dot-stuffing", test_dot_stuffing);
+  g_test_add_func ("/smtp/data/long-line", test_long_line);
   g_test_add_func ("/smtp/size/refused", test_size);
   g_test_add_func ("/smtp/421", test_421);
   g_test_add_func ("/smtp/timeout/stall-after-rcpt", test_stall);
