@@ -270,7 +270,7 @@ delivery_committed (PmxQueue     *queue,
                       error->message);
   else
     for (gsize i = 0; dc->lines[i].text != NULL; i++)
-      pmx_log_delivery (dc->lines[i].level, id, dc->transport, dc->route, "%s", dc->lines[i].text);
+      pmx_log_delivery_text (dc->lines[i].level, id, dc->transport, dc->route, dc->lines[i].text);
   delivery_commit_free (dc);
 
   g_mutex_lock (&delivery->lock);
@@ -293,6 +293,38 @@ delivery_status_name (PmxRcptState state)
     case PMX_RCPT_STATE_QUEUED:
     default: return "queued";
     }
+}
+
+/* delivery_append_uint - @value in decimal (no printf: this runs for
+ * every delivery) */
+static void
+delivery_append_uint (GString *s,
+                      guint64  value)
+{
+  char digits[24];
+  gsize n = sizeof digits;
+
+  do
+    digits[--n] = (char) ('0' + value % 10);
+  while ((value /= 10) != 0);
+  g_string_append_len (s, digits + n, (gssize) (sizeof digits - n));
+}
+
+/* delivery_append_reply - "CODE ENHANCED TEXT" of @o's reply ("CODE TEXT"
+ * without an enhanced code) */
+static void
+delivery_append_reply (GString                   *s,
+                       const PmxAttemptRecipient *o)
+{
+  delivery_append_uint (s, o->code);
+  if (o->enhanced != NULL)
+    {
+      g_string_append_c (s, ' ');
+      g_string_append (s, o->enhanced);
+    }
+  g_string_append_c (s, ' ');
+  if (o->text != NULL)
+    g_string_append (s, o->text);
 }
 
 /* delivery_summary - one line for the attempt: each outcome once, with
@@ -320,11 +352,52 @@ delivery_summary (const PmxAttemptRecipient *outcomes,
           }
       if (first == NULL)
         continue;
-      g_string_append_printf (s, "%s%s %u (%u%s%s %s)", s->len > 0 ? "; " : "",
-                              delivery_status_name (order[k]), count, first->code,
-                              first->enhanced != NULL ? " " : "", first->enhanced != NULL ? first->enhanced : "",
-                              first->text != NULL ? first->text : "");
+      if (s->len > 0)
+        g_string_append (s, "; ");
+      g_string_append (s, delivery_status_name (order[k]));
+      g_string_append_c (s, ' ');
+      delivery_append_uint (s, count);
+      g_string_append (s, " (");
+      delivery_append_reply (s, first);
+      g_string_append_c (s, ')');
     }
+  return g_string_free (s, FALSE);
+}
+
+/* delivery_log_line - "to=<A>, transport=T, route=R, delay=S.CC,
+ * attempt=N, status=STATE (REPLY)[, retry_in=Ns | , failover=T]", the
+ * Postfix-like line logged for one recipient */
+static char *
+delivery_log_line (const PmxAttemptRecipient *o,
+                   const char                *transport,
+                   const char                *route,
+                   gint64                     delay_usec,
+                   guint                      attempt,
+                   const char                *when)
+{
+  GString *s = g_string_sized_new (160);
+  guint64 centis = delay_usec > 0 ? ((guint64) delay_usec + 5000) / 10000 : 0;
+
+  g_string_append (s, "to=<");
+  g_string_append (s, o->address);
+  g_string_append (s, ">, transport=");
+  g_string_append (s, transport);
+  g_string_append (s, ", route=");
+  g_string_append (s, route);
+  g_string_append (s, ", delay=");
+  delivery_append_uint (s, centis / 100);
+  g_string_append_c (s, '.');
+  g_string_append_c (s, (char) ('0' + centis / 10 % 10));
+  g_string_append_c (s, (char) ('0' + centis % 10));
+  g_string_append (s, ", attempt=");
+  delivery_append_uint (s, attempt);
+  g_string_append (s, ", status=");
+  g_string_append (s, delivery_status_name (o->state));
+  g_string_append (s, " (");
+  delivery_append_reply (s, o);
+  g_string_append_c (s, ')');
+  if (when != NULL)
+    g_string_append (s, when);
   return g_string_free (s, FALSE);
 }
 
@@ -496,13 +569,8 @@ delivery_run (DeliveryPool *pool,
                  : g_strdup_printf (", retry_in=%" G_GINT64_FORMAT "s",
                                     (attempt.next_attempt - now + PMX_USEC_PER_SEC / 2) / PMX_USEC_PER_SEC);
       commit->lines[i].level = o->state == PMX_RCPT_STATE_DELIVERED ? G_LOG_LEVEL_INFO : G_LOG_LEVEL_WARNING;
-      commit->lines[i].text =
-        g_strdup_printf ("to=<%s>, transport=%s, route=%s, delay=%.2f, attempt=%u, status=%s (%u%s%s %s)%s",
-                         o->address, transport, job->route,
-                         (double) (now - msg->received) / PMX_USEC_PER_SEC, msg->attempts + 1,
-                         delivery_status_name (o->state), o->code,
-                         o->enhanced != NULL ? " " : "", o->enhanced != NULL ? o->enhanced : "",
-                         o->text != NULL ? o->text : "", when != NULL ? when : "");
+      commit->lines[i].text = delivery_log_line (o, transport, job->route, now - msg->received,
+                                                 msg->attempts + 1, when);
     }
 
   /* Sent: the job now waits for its commit, not for a worker. */

@@ -47,20 +47,37 @@ log_level_word (GLogLevelFlags level)
 }
 
 /* log_stamp - now as UTC ISO 8601 with milliseconds ("2026-11-23T14:05:09.123Z");
- * clock_gettime and gmtime_r: this runs for every delivery */
+ * this runs for every delivery, so each thread formats the date and time
+ * once per second and only the milliseconds otherwise */
 static void
-log_stamp (char  *out,
-           gsize  size)
+log_stamp (GString *out)
 {
+  static __thread time_t cached_sec = -1;
+  static __thread char cached[24];   /* "2026-11-23T14:05:09." */
   struct timespec ts;
-  struct tm tm;
+  long ms;
 
   clock_gettime (CLOCK_REALTIME, &ts);
-  gmtime_r (&ts.tv_sec, &tm);
-  g_snprintf (out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
-              tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-              ts.tv_nsec / 1000000);
+  if (ts.tv_sec != cached_sec)
+    {
+      struct tm tm;
+
+      gmtime_r (&ts.tv_sec, &tm);
+      g_snprintf (cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d.",
+                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+      cached_sec = ts.tv_sec;
+    }
+  ms = ts.tv_nsec / 1000000;
+  g_string_append (out, cached);
+  g_string_append_c (out, (char) ('0' + ms / 100));
+  g_string_append_c (out, (char) ('0' + ms / 10 % 10));
+  g_string_append_c (out, (char) ('0' + ms % 10));
+  g_string_append_c (out, 'Z');
 }
+
+/* "[PID]: " of this process, made by pmx_log_init() (Postmux never forks
+ * and goes on logging) */
+static char log_pid_text[32] = "[?]: ";
 
 /* log_writer - GLogWriterFunc printing one line per record */
 static GLogWriterOutput
@@ -70,7 +87,7 @@ log_writer (GLogLevelFlags   level,
             gpointer         user_data)
 {
   const char *message = NULL, *domain = NULL, *queue_id = NULL, *transport = NULL, *route = NULL;
-  char stamp[32];
+  g_autoptr(GString) stamp = g_string_sized_new (32);
   g_autoptr(GString) line = NULL;
   GLogLevelFlags masked = level & G_LOG_LEVEL_MASK;
 
@@ -99,7 +116,7 @@ log_writer (GLogLevelFlags   level,
       && (masked < G_LOG_LEVEL_INFO || g_log_writer_default_would_drop (level, domain)))
     return G_LOG_WRITER_HANDLED;
 
-  log_stamp (stamp, sizeof stamp);
+  log_stamp (stamp);
   line = g_string_sized_new (256);
 
   if (g_atomic_int_get (&log_format) == PMX_LOG_JSON)
@@ -111,7 +128,7 @@ log_writer (GLogLevelFlags   level,
 
       json_builder_begin_object (b);
       json_builder_set_member_name (b, "time");
-      json_builder_add_string_value (b, stamp);
+      json_builder_add_string_value (b, stamp->str);
       json_builder_set_member_name (b, "level");
       json_builder_add_string_value (b, log_level_word (level));
       json_builder_set_member_name (b, "domain");
@@ -141,10 +158,19 @@ log_writer (GLogLevelFlags   level,
     }
   else
     {
-      g_string_append_printf (line, "%s %s[%d]: %s: ", stamp, domain != NULL ? domain : "postmux",
-                              (int) getpid (), log_level_word (level));
+      /* "STAMP DOMAIN[PID]: LEVEL: [QUEUE_ID: ]MESSAGE", without printf:
+       * this runs for every delivery. */
+      g_string_append_len (line, stamp->str, (gssize) stamp->len);
+      g_string_append_c (line, ' ');
+      g_string_append (line, domain != NULL ? domain : "postmux");
+      g_string_append (line, log_pid_text);
+      g_string_append (line, log_level_word (level));
+      g_string_append (line, ": ");
       if (queue_id != NULL)
-        g_string_append_printf (line, "%s: ", queue_id);
+        {
+          g_string_append (line, queue_id);
+          g_string_append (line, ": ");
+        }
       g_string_append (line, message != NULL ? message : "");
     }
   g_string_append_c (line, '\n');
@@ -181,27 +207,21 @@ pmx_log_init (PmxLogFormat format,
   pmx_log_set_level (level);
   if (g_once_init_enter (&installed))
     {
+      g_snprintf (log_pid_text, sizeof log_pid_text, "[%d]: ", (int) getpid ());
       g_log_set_writer_func (log_writer, NULL, NULL);
       g_once_init_leave (&installed, 1);
     }
 }
 
 void
-pmx_log_delivery (GLogLevelFlags level,
-                  const char    *queue_id,
-                  const char    *transport,
-                  const char    *route,
-                  const char    *format,
-                  ...)
+pmx_log_delivery_text (GLogLevelFlags level,
+                       const char    *queue_id,
+                       const char    *transport,
+                       const char    *route,
+                       const char    *message)
 {
-  g_autofree char *message = NULL;
   GLogField fields[6];
   gsize n = 0;
-  va_list args;
-
-  va_start (args, format);
-  message = g_strdup_vprintf (format, args);
-  va_end (args);
 
   fields[n++] = (GLogField) { "GLIB_DOMAIN", G_LOG_DOMAIN, -1 };
   fields[n++] = (GLogField) { "PRIORITY", level & G_LOG_LEVEL_CRITICAL ? "3" : level & G_LOG_LEVEL_WARNING ? "4" : "6", -1 };
@@ -213,4 +233,21 @@ pmx_log_delivery (GLogLevelFlags level,
   if (route != NULL)
     fields[n++] = (GLogField) { "ROUTE", route, -1 };
   g_log_structured_array (level, fields, n);
+}
+
+void
+pmx_log_delivery (GLogLevelFlags level,
+                  const char    *queue_id,
+                  const char    *transport,
+                  const char    *route,
+                  const char    *format,
+                  ...)
+{
+  g_autofree char *message = NULL;
+  va_list args;
+
+  va_start (args, format);
+  message = g_strdup_vprintf (format, args);
+  va_end (args);
+  pmx_log_delivery_text (level, queue_id, transport, route, message);
 }

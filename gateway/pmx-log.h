@@ -31,6 +31,12 @@ void pmx_log_delivery (GLogLevelFlags level,
                        const char    *route,
                        const char    *format,
                        ...) G_GNUC_PRINTF (5, 6);
+/* The same with a finished @message (no formatting). */
+void pmx_log_delivery_text (GLogLevelFlags level,
+                            const char    *queue_id,
+                            const char    *transport,
+                            const char    *route,
+                            const char    *message);
 
 #define pmx_log_info(id, transport, ...)     pmx_log_delivery (G_LOG_LEVEL_INFO, id, transport, NULL, __VA_ARGS__)
 #define pmx_log_warning(id, transport, ...)  pmx_log_delivery (G_LOG_LEVEL_WARNING, id, transport, NULL, __VA_ARGS__)

@@ -5,8 +5,8 @@
  * What: one writer thread owns the write connection.  Every write is a
  * QueueRequest pushed onto queue->pending; the writer takes all that is
  * pending (up to QUEUE_BATCH_MAX), runs them in one BEGIN IMMEDIATE ...
- * COMMIT with a SAVEPOINT per request, and answers each caller only after
- * the COMMIT returned (group commit: one fsync for many submissions).
+ * COMMIT, and answers each caller only after the COMMIT returned (group
+ * commit: one fsync for many submissions).
  * pmx_queue_complete_async() requests own a copy of their attempt and are
  * answered by calling their callback on the writer thread.  No caller waits
  * for those, so the writer lets them gather (QUEUE_GROUP_MIN of them, or
@@ -22,8 +22,10 @@
  * other processes that open the same file are Postmux processes using this
  * code.  Callers' strings are UTF-8 and NUL-terminated.
  *
- * Fails: a request-level failure (no such id, unknown recipient) rolls back
- * to that request's savepoint and is answered alone.  Anything that aborts
+ * Fails: a request-level failure (no such id, unknown recipient) is
+ * answered alone: one that changed nothing is simply skipped; after one
+ * that changed rows the batch is rolled back and run again with a
+ * savepoint around each request (queue_run_requests()).  Anything that aborts
  * the transaction (disk full, I/O error, locked past the busy timeout) is
  * answered to every request of the batch: nothing uncommitted is ever
  * reported as done.  After pmx_queue_shutdown() writes fail with
@@ -39,7 +41,7 @@
 #include <glib/gstdio.h>
 #include <sqlite3.h>
 
-#define QUEUE_SCHEMA_VERSION  1
+#define QUEUE_SCHEMA_VERSION  2
 #define QUEUE_BUSY_TIMEOUT_MS 5000
 #define QUEUE_BATCH_MAX       512
 #define QUEUE_GROUP_MIN       128
@@ -61,6 +63,7 @@ G_DEFINE_AUTO_CLEANUP_FREE_FUNC (QueueStmt, sqlite3_reset, NULL)
 typedef struct {
   sqlite3    *db;
   GHashTable *stmts;    /* SQL text (owned) -> sqlite3_stmt */
+  GHashTable *literals; /* address of a string literal of SQL -> its statement in stmts */
   const char *path;     /* borrowed from the PmxQueue, for messages */
   int         last_rc;  /* SQLite result code of the last failure */
 } QueueConn;
@@ -179,6 +182,14 @@ static const char *const rcpt_state_names[] = {
   [PMX_RCPT_STATE_EXPIRED] = "expired",
 };
 
+/* The message bytes, apart from the row the lease and every attempt
+ * rewrite (schema 2; schema 1 kept them in messages.data). */
+#define QUEUE_BODIES_SQL \
+  "CREATE TABLE bodies ("  \
+  "  id   TEXT PRIMARY KEY NOT NULL REFERENCES messages (id) ON DELETE CASCADE," \
+  "  data BLOB NOT NULL"   \
+  ");"
+
 static const char queue_schema_sql[] =
   "CREATE TABLE messages ("
   "  id              TEXT PRIMARY KEY NOT NULL,"
@@ -196,8 +207,7 @@ static const char queue_schema_sql[] =
   "  idempotency_key TEXT,"
   "  lease_owner     TEXT,"
   "  lease_until     INTEGER,"
-  "  finished        INTEGER,"
-  "  data            BLOB NOT NULL"     /* last: other columns never walk its overflow pages */
+  "  finished        INTEGER"
   ");"
   /* Partial: lease_due walks it in order and stops at its LIMIT. */
   "CREATE INDEX messages_due ON messages (next_attempt, id)"
@@ -226,7 +236,8 @@ static const char queue_schema_sql[] =
   "  outcomes   TEXT NOT NULL"
   ");"
   "CREATE INDEX attempts_message ON attempts (message_id, seq);"
-  "PRAGMA user_version = 1;";
+  QUEUE_BODIES_SQL
+  "PRAGMA user_version = 2;";
 
 #define QUEUE_MSG_COLUMNS \
   "id, received, ingress, sender, size, state, transport, next_transport, " \
@@ -394,11 +405,12 @@ queue_fail (QueueConn  *conn,
   return FALSE;
 }
 
-/* queue_prepare - a cached statement for @sql, reset and unbound; NULL on error */
+/* queue_prepare_text - a cached statement for the SQL text @sql, reset and
+ * unbound; NULL on error */
 static sqlite3_stmt *
-queue_prepare (QueueConn  *conn,
-               const char *sql,
-               GError    **error)
+queue_prepare_text (QueueConn  *conn,
+                    const char *sql,
+                    GError    **error)
 {
   sqlite3_stmt *stmt = g_hash_table_lookup (conn->stmts, sql);
   int rc;
@@ -416,6 +428,27 @@ queue_prepare (QueueConn  *conn,
       return NULL;
     }
   g_hash_table_insert (conn->stmts, g_strdup (sql), stmt);
+  return stmt;
+}
+
+/* queue_prepare - queue_prepare_text() for @sql that is a string literal:
+ * found by its address, without hashing the text each time */
+static sqlite3_stmt *
+queue_prepare (QueueConn  *conn,
+               const char *sql,
+               GError    **error)
+{
+  sqlite3_stmt *stmt = g_hash_table_lookup (conn->literals, sql);
+
+  if (stmt != NULL)
+    {
+      sqlite3_reset (stmt);
+      sqlite3_clear_bindings (stmt);
+      return stmt;
+    }
+  stmt = queue_prepare_text (conn, sql, error);
+  if (stmt != NULL)
+    g_hash_table_insert (conn->literals, (gpointer) sql, stmt);
   return stmt;
 }
 
@@ -438,7 +471,7 @@ queue_step (QueueConn    *conn,
   return queue_fail (conn, rc, what, error);
 }
 
-/* queue_exec - run one statement without parameters */
+/* queue_exec - run one statement without parameters (@sql a string literal) */
 static gboolean
 queue_exec (QueueConn  *conn,
             const char *sql,
@@ -493,6 +526,7 @@ queue_conn_open (QueueConn  *conn,
   conn->path = path;
   conn->stmts = g_hash_table_new_full (g_str_hash, g_str_equal, g_free,
                                        queue_stmt_finalize);
+  conn->literals = g_hash_table_new (NULL, NULL);
   rc = sqlite3_open_v2 (path, &conn->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK)
@@ -531,6 +565,7 @@ queue_conn_open (QueueConn  *conn,
 static void
 queue_conn_close (QueueConn *conn)
 {
+  g_clear_pointer (&conn->literals, g_hash_table_unref);
   g_clear_pointer (&conn->stmts, g_hash_table_unref);
   if (conn->db != NULL)
     sqlite3_close_v2 (conn->db);
@@ -575,7 +610,21 @@ queue_migrate (QueueConn *conn,
           goto fail;
         }
     }
-  /* Later versions: "if (version < 2) { ALTER ...; PRAGMA user_version = 2; }". */
+  else if (version < 2)
+    {
+      rc = sqlite3_exec (conn->db,
+                         QUEUE_BODIES_SQL
+                         "INSERT INTO bodies (id, data) SELECT id, data FROM messages;"
+                         "ALTER TABLE messages DROP COLUMN data;"
+                         "PRAGMA user_version = 2;", NULL, NULL, &errmsg);
+      sqlite3_free (errmsg);
+      if (rc != SQLITE_OK)
+        {
+          queue_fail (conn, rc, "moving message bodies to their own table (schema 1 to 2)", error);
+          goto fail;
+        }
+    }
+  /* Later versions: "if (version < 3) { ALTER ...; PRAGMA user_version = 3; }". */
 
   if (!queue_exec (conn, "COMMIT", "committing the schema", error))
     goto fail;
@@ -693,7 +742,8 @@ queue_load_message (QueueConn  *conn,
 
   {
     g_auto (QueueStmt) stmt = queue_prepare (conn, with_data
-        ? "SELECT " QUEUE_MSG_COLUMNS ", data FROM messages WHERE id = ?1"
+        ? "SELECT " QUEUE_MSG_COLUMNS ", (SELECT data FROM bodies WHERE bodies.id = messages.id) "
+          "FROM messages WHERE id = ?1"
         : "SELECT " QUEUE_MSG_COLUMNS " FROM messages WHERE id = ?1", error);
 
     if (stmt == NULL)
@@ -781,8 +831,8 @@ queue_do_submit (QueueConn    *conn,
     {
       g_auto (QueueStmt) stmt = queue_prepare (conn,
           "INSERT INTO messages (id, received, ingress, sender, size, state, "
-          "attempts, next_attempt, idempotency_key, data) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?2, ?6, ?7)", error);
+          "attempts, next_attempt, idempotency_key) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?2, ?6)", error);
       int rc;
 
       if (stmt == NULL)
@@ -794,7 +844,6 @@ queue_do_submit (QueueConn    *conn,
       queue_bind_text (stmt, 4, req->sender);
       sqlite3_bind_int64 (stmt, 5, (sqlite3_int64) size);
       queue_bind_text (stmt, 6, req->key);
-      sqlite3_bind_blob64 (stmt, 7, bytes, size, SQLITE_STATIC);
       rc = sqlite3_step (stmt);
       if (rc == SQLITE_CONSTRAINT_PRIMARYKEY && tries + 1 < QUEUE_ID_TRIES)
         {
@@ -805,6 +854,17 @@ queue_do_submit (QueueConn    *conn,
       if (rc != SQLITE_DONE)
         return queue_fail (conn, rc, "storing a message", error);
     }
+
+  {
+    g_auto (QueueStmt) stmt = queue_prepare (conn, "INSERT INTO bodies (id, data) VALUES (?1, ?2)", error);
+
+    if (stmt == NULL)
+      return FALSE;
+    queue_bind_text (stmt, 1, id);
+    sqlite3_bind_blob64 (stmt, 2, bytes, size, SQLITE_STATIC);
+    if (!queue_step (conn, stmt, "storing a message", NULL, error))
+      return FALSE;
+  }
 
   for (guint i = 0; i < req->recipients->len; i++)
     {
@@ -857,7 +917,7 @@ queue_do_lease (QueueConn    *conn,
         "  SELECT id FROM messages INDEXED BY messages_due "
         "  WHERE state IN ('queued', 'deferred') "
         "  AND next_attempt <= ?1 ORDER BY next_attempt, id LIMIT ?2) "
-        "RETURNING " QUEUE_MSG_COLUMNS ", data", error);
+        "RETURNING " QUEUE_MSG_COLUMNS ", (SELECT data FROM bodies WHERE bodies.id = messages.id)", error);
     gboolean row = FALSE;
 
     if (stmt == NULL)
@@ -911,14 +971,31 @@ static void
 queue_append_outcome (GString                   *out,
                       const PmxAttemptRecipient *r)
 {
+  char code[12];
+  gsize n = sizeof code;
+  guint value = r->code;
+  gsize start;
+
+  /* No printf: this runs for every attempt. */
+  do
+    code[--n] = (char) ('0' + value % 10);
+  while ((value /= 10) != 0);
   if (out->len > 0)
     g_string_append_c (out, '\n');
-  g_string_append_printf (out, "%s %s %u %s ", r->address,
-                          pmx_rcpt_state_to_string (r->state), r->code,
-                          r->enhanced != NULL && r->enhanced[0] != '\0' ? r->enhanced : "-");
+  g_string_append (out, r->address);
+  g_string_append_c (out, ' ');
+  g_string_append (out, pmx_rcpt_state_to_string (r->state));
+  g_string_append_c (out, ' ');
+  g_string_append_len (out, code + n, (gssize) (sizeof code - n));
+  g_string_append_c (out, ' ');
+  g_string_append (out, r->enhanced != NULL && r->enhanced[0] != '\0' ? r->enhanced : "-");
+  g_string_append_c (out, ' ');
   /* Multi-line replies must stay on the recipient's one line. */
-  for (const char *p = r->text != NULL ? r->text : ""; *p != '\0'; p++)
-    g_string_append_c (out, (*p == '\r' || *p == '\n') ? ' ' : *p);
+  start = out->len;
+  g_string_append (out, r->text != NULL ? r->text : "");
+  for (gsize i = start; i < out->len; i++)
+    if (out->str[i] == '\r' || out->str[i] == '\n')
+      out->str[i] = ' ';
 }
 
 /* queue_state_tally - a message's state from its recipients' counts */
@@ -1383,6 +1460,67 @@ queue_is_fatal (QueueConn *conn)
     }
 }
 
+/* queue_reset_answer - forget what running @req produced */
+static void
+queue_reset_answer (QueueRequest *req)
+{
+  g_clear_pointer (&req->out_id, g_free);
+  g_clear_pointer (&req->out_messages, g_ptr_array_unref);
+  req->out_duplicate = FALSE;
+  req->out_count = 0;
+  g_clear_error (&req->error);
+}
+
+/* queue_run_requests - run @reqs inside the open transaction.  Careful: a
+ * savepoint around each, so that a request that fails is undone alone.
+ * Not careful (the usual case: a savepoint copies every page a request
+ * touches): a failing request that changed no row is answered alone, and
+ * one that did returns FALSE, for the caller to roll back and run the
+ * batch again carefully.  A failure that aborts the transaction goes to
+ * @batch_error. */
+static gboolean
+queue_run_requests (QueueConn     *conn,
+                    QueueRequest **reqs,
+                    guint          n,
+                    gboolean       careful,
+                    GError       **batch_error)
+{
+  for (guint i = 0; i < n && *batch_error == NULL; i++)
+    {
+      QueueRequest *req = reqs[i];
+      gint64 changes = sqlite3_total_changes64 (conn->db);
+
+      if (req->cancellable != NULL &&
+          g_cancellable_set_error_if_cancelled (req->cancellable, &req->error))
+        continue;
+
+      conn->last_rc = SQLITE_OK;
+      if (careful && !queue_exec (conn, "SAVEPOINT req", "starting a request", batch_error))
+        break;
+      if (queue_do_request (conn, req, &req->error))
+        {
+          if (careful)
+            queue_exec (conn, "RELEASE req", "ending a request", batch_error);
+          continue;
+        }
+      if (queue_is_fatal (conn))
+        {
+          *batch_error = g_error_copy (req->error);
+          break;
+        }
+      /* A request-level failure: undo just this request. */
+      if (!careful)
+        {
+          if (sqlite3_total_changes64 (conn->db) != changes)
+            return FALSE;
+          continue;
+        }
+      if (queue_exec (conn, "ROLLBACK TO req", "undoing a request", batch_error))
+        queue_exec (conn, "RELEASE req", "ending a request", batch_error);
+    }
+  return TRUE;
+}
+
 /* queue_run_batch - run @reqs in one transaction, then answer them all */
 static void
 queue_run_batch (PmxQueue      *queue,
@@ -1405,31 +1543,14 @@ queue_run_batch (PmxQueue      *queue,
 
   if (!queue_exec (conn, "BEGIN IMMEDIATE", "starting a transaction", &batch_error))
     goto answer;
-
-  for (guint i = 0; i < n && batch_error == NULL; i++)
+  if (!queue_run_requests (conn, reqs, n, FALSE, &batch_error))
     {
-      QueueRequest *req = reqs[i];
-
-      if (req->cancellable != NULL &&
-          g_cancellable_set_error_if_cancelled (req->cancellable, &req->error))
-        continue;
-
-      conn->last_rc = SQLITE_OK;
-      if (!queue_exec (conn, "SAVEPOINT req", "starting a request", &batch_error))
-        break;
-      if (queue_do_request (conn, req, &req->error))
-        {
-          queue_exec (conn, "RELEASE req", "ending a request", &batch_error);
-          continue;
-        }
-      if (queue_is_fatal (conn))
-        {
-          batch_error = g_error_copy (req->error);
-          break;
-        }
-      /* A request-level failure: undo just this request. */
-      if (queue_exec (conn, "ROLLBACK TO req", "undoing a request", &batch_error))
-        queue_exec (conn, "RELEASE req", "ending a request", &batch_error);
+      /* A request failed half done: start again, a savepoint around each. */
+      sqlite3_exec (conn->db, "ROLLBACK", NULL, NULL, NULL);
+      for (guint i = 0; i < n; i++)
+        queue_reset_answer (reqs[i]);
+      if (queue_exec (conn, "BEGIN IMMEDIATE", "starting a transaction", &batch_error))
+        (void) queue_run_requests (conn, reqs, n, TRUE, &batch_error);
     }
 
   if (batch_error == NULL &&
@@ -1448,11 +1569,7 @@ answer:
       if (batch_error != NULL)
         {
           /* Nothing of this batch is on disk: no id, no lease, no count. */
-          g_clear_pointer (&req->out_id, g_free);
-          g_clear_pointer (&req->out_messages, g_ptr_array_unref);
-          req->out_duplicate = FALSE;
-          req->out_count = 0;
-          g_clear_error (&req->error);
+          queue_reset_answer (req);
           req->error = g_error_copy (batch_error);
         }
       queue_answer (queue, req);
@@ -2269,7 +2386,7 @@ pmx_queue_list (PmxQueue          *queue,
   ok = queue_exec (conn, "BEGIN", "starting a read", error);
   if (ok)
     {
-      g_auto (QueueStmt) stmt = queue_prepare (conn, sql->str, error);
+      g_auto (QueueStmt) stmt = queue_prepare_text (conn, sql->str, error);
       gboolean row = FALSE;
 
       ok = (stmt != NULL);

@@ -8,8 +8,11 @@
  * (STARTTLS), RFC 8314 (implicit TLS), RFC 4954 (AUTH) with RFC 4616 (PLAIN)
  * and the LOGIN draft, RFC 6531 (SMTPUTF8).
  *
- * Runs on the main GMainContext: GSocketService accepts, every read and
- * write is async, password checks run on a GTask thread, and a message is
+ * Runs on the main GMainContext: GSocketService accepts; reads and writes
+ * are non-blocking on the (pollable) streams, tried at once and waited
+ * for with a pollable source only when the socket is not ready (a GTask
+ * per read and write cost more than the SMTP itself); password checks
+ * run on a GTask thread, and a message is
  * answered "250 2.0.0 queued as ID" only from pmx_queue_submit_async()'s
  * callback, i.e. after the durable commit.  Bytes are read raw into a
  * buffer and split into lines here, never by GDataInputStream, so a bare
@@ -63,6 +66,7 @@
 #define SMTPD_TEXT_LIMIT       1000
 #define SMTPD_CLOSE_GRACE_MS   30000
 #define SMTPD_READ_CHUNK       16384
+#define SMTPD_PUMP_READS       8       /* reads in a row before other sessions get a turn */
 #define SMTPD_MAX_ERRORS       10
 #define SMTPD_MAX_AUTH_FAILS   3
 #define SMTPD_AUTH_DELAY_CAP   16      /* seconds */
@@ -156,9 +160,10 @@ typedef struct {
 
   GByteArray        *inbuf;
   guint8            *chunk;
-  gboolean           reading;
-  GString           *outbuf;        /* replies not yet handed to a write */
-  char              *writing;       /* the write in flight */
+  GSource           *in_source;     /* waiting for the client's bytes */
+  GString           *outbuf;        /* replies not yet written */
+  gsize              out_done;      /* of outbuf, bytes written */
+  GSource           *out_source;    /* waiting for room to write */
   gboolean           close_after_flush;
   gboolean           starttls_after_flush;
   gboolean           skipping;      /* discarding an overlong command line */
@@ -181,6 +186,7 @@ typedef struct {
 } SmtpdSession;
 
 static void smtpd_pump        (SmtpdSession *s);
+static void smtpd_stop_waiting (SmtpdSession *s);
 static void smtpd_process     (SmtpdSession *s);
 static void smtpd_finish      (SmtpdSession *s);
 static void smtpd_set_state   (SmtpdSession *s,
@@ -843,7 +849,6 @@ smtpd_unref (SmtpdSession *s)
   g_byte_array_unref (s->inbuf);
   g_free (s->chunk);
   g_string_free (s->outbuf, TRUE);
-  g_free (s->writing);
   g_free (s->helo);
   g_free (s->user);
   g_free (s->identity);
@@ -1007,6 +1012,7 @@ smtpd_finish (SmtpdSession *s)
   if (s->state == SMTPD_STATE_CLOSED)
     return;
   smtpd_set_state (s, SMTPD_STATE_CLOSED);
+  smtpd_stop_waiting (s);
   g_cancellable_cancel (s->cancel);
   /* Closing the base connection, not the TLS one: no close_notify that
    * could wait on a client that stopped reading. */
@@ -1022,95 +1028,144 @@ smtpd_finish (SmtpdSession *s)
 
 static void smtpd_handshake (SmtpdSession *s);
 
-/* smtpd_written - a write finished: more to write, close, or STARTTLS */
-static void
-smtpd_written (GObject      *source,
-               GAsyncResult *res,
-               gpointer      user_data)
+/* smtpd_io_ready - a pollable source fired: the socket can be read or
+ * written again */
+static gboolean
+smtpd_io_ready (GObject  *stream,
+                gpointer  user_data)
 {
   SmtpdSession *s = user_data;
-  g_autoptr(GError) error = NULL;
 
-  g_clear_pointer (&s->writing, g_free);
-  if (!g_output_stream_write_all_finish (G_OUTPUT_STREAM (source), res, NULL, &error))
-    {
-      if (s->state != SMTPD_STATE_CLOSED)
-        pmx_log_info (NULL, NULL, "smtpd: client %s: write failed: %s", s->peer, error->message);
-      smtpd_finish (s);
-    }
+  if (G_IS_POLLABLE_INPUT_STREAM (stream))
+    g_clear_pointer (&s->in_source, g_source_unref);
   else
-    smtpd_pump (s);
-  smtpd_unref (s);
+    g_clear_pointer (&s->out_source, g_source_unref);
+  smtpd_pump (s);
+  return G_SOURCE_REMOVE;
 }
 
-/* smtpd_read_done - bytes arrived (or the client went away) */
-static void
-smtpd_read_done (GObject      *source,
-                 GAsyncResult *res,
-                 gpointer      user_data)
+/* smtpd_wait_for - a source that runs smtpd_pump() when @stream is ready */
+static GSource *
+smtpd_wait_for (SmtpdSession *s,
+                GObject      *stream)
 {
-  SmtpdSession *s = user_data;
-  g_autoptr(GError) error = NULL;
-  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), res, &error);
+  GSource *source = G_IS_POLLABLE_INPUT_STREAM (stream)
+    ? g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (stream), NULL)
+    : g_pollable_output_stream_create_source (G_POLLABLE_OUTPUT_STREAM (stream), NULL);
 
-  s->reading = FALSE;
-  if (s->state == SMTPD_STATE_CLOSED)
-    ;
-  else if (n <= 0)
-    {
-      if (s->state != SMTPD_STATE_CLOSING)
-        pmx_log_info (NULL, NULL, "smtpd: client %s: %s in state %s", s->peer,
-                      n == 0 ? "disconnected" : error->message, smtpd_state_names[s->state]);
-      smtpd_finish (s);
-    }
-  else
-    {
-      g_byte_array_append (s->inbuf, s->chunk, (guint) n);
-      if (s->state == SMTPD_STATE_COMMAND || s->state == SMTPD_STATE_AUTH || s->state == SMTPD_STATE_DATA)
-        smtpd_arm (s);   /* the timeouts count from the last bytes */
-      smtpd_process (s);
-      smtpd_pump (s);
-    }
-  smtpd_unref (s);
+  g_source_set_callback (source, G_SOURCE_FUNC (smtpd_io_ready), smtpd_ref (s),
+                         (GDestroyNotify) smtpd_unref);
+  g_source_attach (source, NULL);
+  return source;
 }
 
-/* smtpd_pump - write what is queued; read when the state wants input */
+/* smtpd_stop_waiting - drop the sources (and their references) */
+static void
+smtpd_stop_waiting (SmtpdSession *s)
+{
+  if (s->in_source != NULL)
+    g_source_destroy (s->in_source);
+  g_clear_pointer (&s->in_source, g_source_unref);
+  if (s->out_source != NULL)
+    g_source_destroy (s->out_source);
+  g_clear_pointer (&s->out_source, g_source_unref);
+}
+
+/* smtpd_wants_input - whether the state reads from the client */
+static gboolean
+smtpd_wants_input (SmtpdSession *s)
+{
+  return s->inbuf->len < 4 * SMTPD_READ_CHUNK
+         && (s->state == SMTPD_STATE_PREGREET || s->state == SMTPD_STATE_COMMAND
+             || s->state == SMTPD_STATE_AUTH || s->state == SMTPD_STATE_DATA);
+}
+
+/* smtpd_pump - write what is queued, then close, start TLS, or read and
+ * process what the client sent, for as long as the socket is ready */
 static void
 smtpd_pump (SmtpdSession *s)
 {
-  if (s->state == SMTPD_STATE_CLOSED)
-    return;
-  if (s->writing == NULL && s->outbuf->len > 0)
-    {
-      gsize len = s->outbuf->len;
+  guint reads = 0;
 
-      s->writing = g_string_free (s->outbuf, FALSE);
-      s->outbuf = g_string_new (NULL);
-      g_output_stream_write_all_async (g_io_stream_get_output_stream (s->stream), s->writing, len,
-                                       G_PRIORITY_DEFAULT, s->cancel, smtpd_written, smtpd_ref (s));
-      return;
-    }
-  if (s->writing != NULL)
-    return;
-  if (s->close_after_flush)
+  smtpd_ref (s);
+  while (s->state != SMTPD_STATE_CLOSED)
     {
-      smtpd_finish (s);
-      return;
+      g_autoptr(GError) error = NULL;
+      gssize n;
+
+      if (s->out_source != NULL)
+        break;   /* the rest waits for room */
+      if (s->out_done < s->outbuf->len)
+        {
+          GPollableOutputStream *out = G_POLLABLE_OUTPUT_STREAM (g_io_stream_get_output_stream (s->stream));
+
+          n = g_pollable_output_stream_write_nonblocking (out, s->outbuf->str + s->out_done,
+                                                          s->outbuf->len - s->out_done, NULL, &error);
+          if (n > 0)
+            {
+              s->out_done += (gsize) n;
+              if (s->out_done == s->outbuf->len)
+                {
+                  g_string_truncate (s->outbuf, 0);
+                  s->out_done = 0;
+                }
+            }
+          else if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+            s->out_source = smtpd_wait_for (s, G_OBJECT (out));
+          else
+            {
+              if (s->state != SMTPD_STATE_CLOSED)
+                pmx_log_info (NULL, NULL, "smtpd: client %s: write failed: %s", s->peer,
+                              error != NULL ? error->message : "nothing written");
+              smtpd_finish (s);
+            }
+          continue;
+        }
+      if (s->close_after_flush)
+        {
+          smtpd_finish (s);
+          break;
+        }
+      if (s->starttls_after_flush)
+        {
+          s->starttls_after_flush = FALSE;
+          smtpd_handshake (s);
+          break;
+        }
+      if (s->in_source != NULL || !smtpd_wants_input (s))
+        break;
+      {
+        GPollableInputStream *in = G_POLLABLE_INPUT_STREAM (g_io_stream_get_input_stream (s->stream));
+
+        if (reads++ == SMTPD_PUMP_READS)
+          {
+            /* Other sessions first: come back when the loop polls again. */
+            s->in_source = smtpd_wait_for (s, G_OBJECT (in));
+            break;
+          }
+        n = g_pollable_input_stream_read_nonblocking (in, s->chunk, SMTPD_READ_CHUNK, NULL, &error);
+        if (n > 0)
+          {
+            g_byte_array_append (s->inbuf, s->chunk, (guint) n);
+            if (s->state == SMTPD_STATE_COMMAND || s->state == SMTPD_STATE_AUTH || s->state == SMTPD_STATE_DATA)
+              smtpd_arm (s);   /* the timeouts count from the last bytes */
+            smtpd_process (s);
+          }
+        else if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+          {
+            s->in_source = smtpd_wait_for (s, G_OBJECT (in));
+            break;
+          }
+        else
+          {
+            if (s->state != SMTPD_STATE_CLOSING)
+              pmx_log_info (NULL, NULL, "smtpd: client %s: %s in state %s", s->peer,
+                            n == 0 ? "disconnected" : error->message, smtpd_state_names[s->state]);
+            smtpd_finish (s);
+          }
+      }
     }
-  if (s->starttls_after_flush)
-    {
-      s->starttls_after_flush = FALSE;
-      smtpd_handshake (s);
-      return;
-    }
-  if (!s->reading && s->inbuf->len < 4 * SMTPD_READ_CHUNK
-      && (s->state == SMTPD_STATE_PREGREET || s->state == SMTPD_STATE_COMMAND
-          || s->state == SMTPD_STATE_AUTH || s->state == SMTPD_STATE_DATA))
-    {
-      s->reading = TRUE;
-      g_input_stream_read_async (g_io_stream_get_input_stream (s->stream), s->chunk, SMTPD_READ_CHUNK,
-                                 G_PRIORITY_DEFAULT, s->cancel, smtpd_read_done, smtpd_ref (s));
-    }
+  smtpd_unref (s);
 }
 
 /* smtpd_consume - drop @n bytes from the front of the input buffer */
@@ -1734,6 +1789,7 @@ smtpd_handshake (SmtpdSession *s)
       return;
     }
   g_object_set (tls, "authentication-mode", G_TLS_AUTHENTICATION_NONE, NULL);
+  smtpd_stop_waiting (s);   /* they wait on the plain streams */
   g_clear_object (&s->stream);
   s->stream = tls;
   smtpd_set_state (s, SMTPD_STATE_HANDSHAKE);

@@ -1925,7 +1925,7 @@ smtp_transaction (PmxSmtpClient     *c,
   if (utf8)
     g_string_append (mail, " SMTPUTF8");
   for (gsize i = 0; i < env->n_recipients; i++)
-    g_ptr_array_add (rcpts, g_strdup_printf ("RCPT TO:<%s>", env->recipients[i]));
+    g_ptr_array_add (rcpts, g_strconcat ("RCPT TO:<", env->recipients[i], ">", NULL));
 
   if (c->caps.pipelining)
     {
@@ -1938,11 +1938,13 @@ smtp_transaction (PmxSmtpClient     *c,
           smtp_note (c, 'C', "RSET");
         }
       smtp_state (c, SMTP_STATE_MAIL);
-      g_string_append_printf (batch, "%s\r\n", mail->str);
+      g_string_append_len (batch, mail->str, (gssize) mail->len);
+      g_string_append_len (batch, "\r\n", 2);
       smtp_note (c, 'C', "%s", mail->str);
       for (guint i = 0; i < rcpts->len; i++)
         {
-          g_string_append_printf (batch, "%s\r\n", (char *) g_ptr_array_index (rcpts, i));
+          g_string_append (batch, g_ptr_array_index (rcpts, i));
+          g_string_append_len (batch, "\r\n", 2);
           smtp_note (c, 'C', "%s", (char *) g_ptr_array_index (rcpts, i));
         }
       g_string_append (batch, "DATA\r\n");

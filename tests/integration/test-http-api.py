@@ -66,7 +66,8 @@ def queued(qid):
     """(sender, [recipients], data bytes, ingress) of a queued message, read-only."""
     db = sqlite3.connect("file:%s?mode=ro" % os.path.join(gw.state, "queue.db"), uri=True, timeout=10)
     try:
-        row = db.execute("SELECT sender, data, ingress FROM messages WHERE id = ?", (qid,)).fetchone()
+        row = db.execute("SELECT sender, data, ingress FROM messages JOIN bodies USING (id) WHERE id = ?",
+                         (qid,)).fetchone()
         rcpts = [r[0] for r in db.execute("SELECT address FROM recipients WHERE message_id = ? ORDER BY idx", (qid,))]
         return row[0], rcpts, bytes(row[1]), row[2]
     finally:

@@ -8,6 +8,7 @@
  */
 #include "pmx-queue.h"
 
+#include <sqlite3.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -215,6 +216,89 @@ test_open_not_a_database (void)
   g_assert_null (pmx_queue_open (path, &error));
   g_assert_error (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_OPEN);
   g_assert_nonnull (strstr (error->message, path));
+  rm_rf (dir);
+}
+
+/* sql_count - the one integer @sql gives on the database at @path */
+static gint64
+sql_count (const char *path,
+           const char *sql)
+{
+  sqlite3 *db = NULL;
+  sqlite3_stmt *stmt = NULL;
+  gint64 n;
+
+  g_assert_cmpint (sqlite3_open_v2 (path, &db, SQLITE_OPEN_READONLY, NULL), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
+  n = sqlite3_column_int64 (stmt, 0);
+  sqlite3_finalize (stmt);
+  sqlite3_close (db);
+  return n;
+}
+
+/* /queue/open/upgrades-schema-1 - a queue written by schema 1 (bodies in
+ * messages.data) opens as schema 2 with every message whole: leased with
+ * its bytes, and its body gone with it when deleted */
+static void
+test_open_upgrades_schema_1 (void)
+{
+  /* Schema 1 as Postmux 0.x created it, with one queued message. */
+  static const char v1[] =
+    "CREATE TABLE messages (id TEXT PRIMARY KEY NOT NULL, received INTEGER NOT NULL,"
+    " ingress TEXT NOT NULL, sender TEXT NOT NULL, size INTEGER NOT NULL, state TEXT NOT NULL,"
+    " prev_state TEXT, transport TEXT, next_transport TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt INTEGER NOT NULL, last_reply TEXT, idempotency_key TEXT, lease_owner TEXT,"
+    " lease_until INTEGER, finished INTEGER, data BLOB NOT NULL);"
+    "CREATE INDEX messages_due ON messages (next_attempt, id) WHERE state IN ('queued', 'deferred');"
+    "CREATE INDEX messages_finished ON messages (state, finished);"
+    "CREATE UNIQUE INDEX messages_idempotency ON messages (ingress, idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL;"
+    "CREATE TABLE recipients (message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,"
+    " idx INTEGER NOT NULL, address TEXT NOT NULL, state TEXT NOT NULL, code INTEGER NOT NULL DEFAULT 0,"
+    " enhanced TEXT, text TEXT, PRIMARY KEY (message_id, idx)) WITHOUT ROWID;"
+    "CREATE TABLE attempts (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL REFERENCES messages (id)"
+    " ON DELETE CASCADE, started INTEGER NOT NULL, finished INTEGER NOT NULL, transport TEXT,"
+    " summary TEXT, remote_id TEXT, outcomes TEXT NOT NULL);"
+    "CREATE INDEX attempts_message ON attempts (message_id, seq);"
+    "INSERT INTO messages (id, received, ingress, sender, size, state, next_attempt, data)"
+    " VALUES ('0000000000000001', 1, 'smtp', 'a@example.org', 9, 'queued', 1, X'7375626A3A20780D0A');"
+    "INSERT INTO recipients (message_id, idx, address, state) VALUES ('0000000000000001', 0, 'b@example.net', 'queued');"
+    "PRAGMA user_version = 1;";
+  g_autoptr (GError) error = NULL;
+  g_autofree char *dir = g_dir_make_tmp ("pmx-queue-XXXXXX", NULL);
+  g_autofree char *path = g_build_filename (dir, "queue.db", NULL);
+  g_autoptr (GPtrArray) leased = NULL;
+  PmxQueueMessage *msg;
+  PmxQueue *queue;
+  sqlite3 *db = NULL;
+  gsize len = 0;
+
+  g_assert_cmpint (sqlite3_open (path, &db), ==, SQLITE_OK);
+  g_assert_cmpint (sqlite3_exec (db, v1, NULL, NULL, NULL), ==, SQLITE_OK);
+  sqlite3_close (db);
+
+  queue = pmx_queue_open (path, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (sql_count (path, "PRAGMA user_version"), ==, 2);
+  g_assert_cmpint (sql_count (path, "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'data'"), ==, 0);
+  g_assert_cmpint (sql_count (path, "SELECT COUNT(*) FROM bodies"), ==, 1);
+
+  leased = pmx_queue_lease_due (queue, 2, 10, "w", HOUR, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (leased->len, ==, 1);
+  msg = g_ptr_array_index (leased, 0);
+  g_assert_cmpstr (msg->id, ==, "0000000000000001");
+  g_assert_cmpstr (msg->sender, ==, "a@example.org");
+  g_assert_cmpuint (msg->recipients->len, ==, 1);
+  g_assert_cmpmem (g_bytes_get_data (msg->data, &len), g_bytes_get_size (msg->data), "subj: x\r\n", 9);
+  g_assert_cmpuint (len, ==, 9);
+
+  g_assert_true (pmx_queue_delete (queue, "0000000000000001", &error));
+  g_assert_no_error (error);
+  pmx_queue_close (queue);
+  g_assert_cmpint (sql_count (path, "SELECT COUNT(*) FROM bodies"), ==, 0);
+  g_assert_cmpint (sql_count (path, "SELECT COUNT(*) FROM recipients"), ==, 0);
   rm_rf (dir);
 }
 
@@ -1579,6 +1663,7 @@ main (int    argc,
   g_test_add_func ("/queue/states/strings-round-trip", test_states_strings);
   ADD ("/queue/open/creates-private-file-and-directory", test_open_private_file);
   g_test_add_func ("/queue/open/refuses-a-file-that-is-not-a-database", test_open_not_a_database);
+  g_test_add_func ("/queue/open/upgrades-schema-1", test_open_upgrades_schema_1);
   ADD ("/queue/submit/round-trip-keeps-bytes", test_submit_round_trip);
   ADD ("/queue/submit/ids-are-time-ordered", test_submit_ids_time_ordered);
   ADD ("/queue/submit/idempotency-key-returns-first-id", test_submit_idempotency);
