@@ -155,7 +155,7 @@ typedef struct {
   GInetAddress      *peer_addr;
   gboolean           loopback;
   gboolean           implicit_greeting;  /* implicit TLS: greet after the handshake */
-  guint              timer;         /* the state's timeout (or the pre-greet wait) */
+  GSource           *timer;         /* the state's timeout (or the pre-greet wait): moved, not remade */
   guint              delay;         /* AUTH failure delay */
 
   GByteArray        *inbuf;
@@ -913,7 +913,7 @@ smtpd_on_timer (gpointer user_data)
 {
   SmtpdSession *s = user_data;
 
-  s->timer = 0;
+  g_source_set_ready_time (s->timer, -1);
   switch (s->state)
     {
     case SMTPD_STATE_PREGREET:
@@ -924,7 +924,7 @@ smtpd_on_timer (gpointer user_data)
       break;
     case SMTPD_STATE_CLOSING:
       smtpd_finish (s);   /* the client does not read its last reply */
-      return G_SOURCE_REMOVE;
+      return G_SOURCE_CONTINUE;
     default:
       pmx_log_warning (NULL, NULL, "smtpd: client %s: timeout in state %s, disconnecting",
                        s->peer, smtpd_state_names[s->state]);
@@ -933,10 +933,20 @@ smtpd_on_timer (gpointer user_data)
       break;
     }
   smtpd_pump (s);
-  return G_SOURCE_REMOVE;
+  return G_SOURCE_CONTINUE;
 }
 
 static const char *const *smtpd_senders (SmtpdSession *s);
+
+/* smtpd_timer_dispatch - GSourceFuncs.dispatch of the session timer: its
+ * ready time came */
+static gboolean
+smtpd_timer_dispatch (GSource     *source,
+                      GSourceFunc  callback,
+                      gpointer     user_data)
+{
+  return callback (user_data);
+}
 
 /* smtpd_arm - (re)start the timer of the current state */
 static void
@@ -944,7 +954,6 @@ smtpd_arm (SmtpdSession *s)
 {
   gint64 usec;
 
-  g_clear_handle_id (&s->timer, g_source_remove);
   switch (s->state)
     {
     case SMTPD_STATE_PREGREET:
@@ -967,10 +976,19 @@ smtpd_arm (SmtpdSession *s)
     case SMTPD_STATE_BUSY:
     case SMTPD_STATE_CLOSED:
     default:
-      return;
+      usec = -1;
+      break;
     }
-  s->timer = g_timeout_add_full (G_PRIORITY_DEFAULT, (guint) MIN (usec / 1000, G_MAXUINT),
-                                 smtpd_on_timer, s, NULL);
+  if (s->timer == NULL)
+    {
+      /* One source for the session's life; arming only moves its time. */
+      static GSourceFuncs funcs = { .dispatch = smtpd_timer_dispatch };
+
+      s->timer = g_source_new (&funcs, sizeof (GSource));
+      g_source_set_callback (s->timer, smtpd_on_timer, s, NULL);
+      g_source_attach (s->timer, NULL);
+    }
+  g_source_set_ready_time (s->timer, usec < 0 ? -1 : g_get_monotonic_time () + usec);
 }
 
 /* smtpd_set_state - the one place the state changes */
@@ -985,7 +1003,9 @@ smtpd_set_state (SmtpdSession *s,
   s->state = state;
   if (state == SMTPD_STATE_CLOSED)
     {
-      g_clear_handle_id (&s->timer, g_source_remove);
+      if (s->timer != NULL)
+        g_source_destroy (s->timer);
+      g_clear_pointer (&s->timer, g_source_unref);
       g_clear_handle_id (&s->delay, g_source_remove);
       return;
     }
