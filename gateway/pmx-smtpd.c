@@ -156,11 +156,13 @@ typedef struct {
   gboolean           loopback;
   gboolean           implicit_greeting;  /* implicit TLS: greet after the handshake */
   GSource           *timer;         /* the state's timeout (or the pre-greet wait): moved, not remade */
+  gint64             deadline;      /* monotonic time it is due, or -1 */
   guint              delay;         /* AUTH failure delay */
 
   GByteArray        *inbuf;
   guint8            *chunk;
   GSource           *in_source;     /* waiting for the client's bytes */
+  gboolean           client_eof;    /* the client half-closed while we were busy */
   GString           *outbuf;        /* replies not yet written */
   gsize              out_done;      /* of outbuf, bytes written */
   GSource           *out_source;    /* waiting for room to write */
@@ -913,7 +915,6 @@ smtpd_on_timer (gpointer user_data)
 {
   SmtpdSession *s = user_data;
 
-  g_source_set_ready_time (s->timer, -1);
   switch (s->state)
     {
     case SMTPD_STATE_PREGREET:
@@ -939,12 +940,23 @@ smtpd_on_timer (gpointer user_data)
 static const char *const *smtpd_senders (SmtpdSession *s);
 
 /* smtpd_timer_dispatch - GSourceFuncs.dispatch of the session timer: its
- * ready time came */
+ * ready time came.  smtpd_arm() only moves a deadline later by recording
+ * it (g_source_set_ready_time() wakes the main loop each time), so the
+ * source may fire early: then it is set to the real deadline. */
 static gboolean
 smtpd_timer_dispatch (GSource     *source,
                       GSourceFunc  callback,
                       gpointer     user_data)
 {
+  SmtpdSession *s = user_data;
+
+  if (s->deadline < 0 || g_source_get_time (source) < s->deadline)
+    {
+      g_source_set_ready_time (source, s->deadline);
+      return G_SOURCE_CONTINUE;
+    }
+  s->deadline = -1;
+  g_source_set_ready_time (source, -1);
   return callback (user_data);
 }
 
@@ -979,6 +991,7 @@ smtpd_arm (SmtpdSession *s)
       usec = -1;
       break;
     }
+  s->deadline = usec < 0 ? -1 : g_get_monotonic_time () + usec;
   if (s->timer == NULL)
     {
       /* One source for the session's life; arming only moves its time. */
@@ -986,9 +999,12 @@ smtpd_arm (SmtpdSession *s)
 
       s->timer = g_source_new (&funcs, sizeof (GSource));
       g_source_set_callback (s->timer, smtpd_on_timer, s, NULL);
+      g_source_set_ready_time (s->timer, s->deadline);
       g_source_attach (s->timer, NULL);
     }
-  g_source_set_ready_time (s->timer, usec < 0 ? -1 : g_get_monotonic_time () + usec);
+  else if (s->deadline >= 0
+           && (g_source_get_ready_time (s->timer) < 0 || s->deadline < g_source_get_ready_time (s->timer)))
+    g_source_set_ready_time (s->timer, s->deadline);   /* earlier: move it now */
 }
 
 /* smtpd_set_state - the one place the state changes */
@@ -1048,33 +1064,93 @@ smtpd_finish (SmtpdSession *s)
 
 static void smtpd_handshake (SmtpdSession *s);
 
-/* smtpd_io_ready - a pollable source fired: the socket can be read or
- * written again */
+/* smtpd_in_ready - the client's bytes can be read: the input source stays
+ * while the session reads (each source added or removed wakes the main
+ * loop once more: GLib signals every change of its poll set) */
 static gboolean
-smtpd_io_ready (GObject  *stream,
-                gpointer  user_data)
+smtpd_in_ready (gpointer user_data)
+{
+  smtpd_pump (user_data);
+  return G_SOURCE_CONTINUE;
+}
+
+/* smtpd_out_ready - room to write again: the output source goes */
+static gboolean
+smtpd_out_ready (gpointer user_data)
 {
   SmtpdSession *s = user_data;
 
-  if (G_IS_POLLABLE_INPUT_STREAM (stream))
-    g_clear_pointer (&s->in_source, g_source_unref);
-  else
-    g_clear_pointer (&s->out_source, g_source_unref);
+  g_clear_pointer (&s->out_source, g_source_unref);
   smtpd_pump (s);
   return G_SOURCE_REMOVE;
 }
 
-/* smtpd_wait_for - a source that runs smtpd_pump() when @stream is ready */
+/* smtpd_pollable_in_ready, smtpd_pollable_out_ready - the same as
+ * GPollableSourceFuncs (TLS streams) */
+static gboolean
+smtpd_pollable_in_ready (GObject  *stream,
+                         gpointer  user_data)
+{
+  return smtpd_in_ready (user_data);
+}
+
+static gboolean
+smtpd_pollable_out_ready (GObject  *stream,
+                          gpointer  user_data)
+{
+  return smtpd_out_ready (user_data);
+}
+
+/* smtpd_fd_dispatch - GSourceFuncs.dispatch of a source watching the
+ * socket's fd: GLib itself makes it ready when the fd is */
+static gboolean
+smtpd_fd_dispatch (GSource     *source,
+                   GSourceFunc  callback,
+                   gpointer     user_data)
+{
+  return callback (user_data);
+}
+
+/* smtpd_wait_for - a source that runs smtpd_pump() when the session can
+ * read (@input) or write.  Plain TCP: a source on the socket's fd (GIO's
+ * pollable and socket sources wake the loop more often: a child source,
+ * a ready time reset after each dispatch).  TLS: the stream's pollable
+ * source, which also knows about records already buffered. */
 static GSource *
 smtpd_wait_for (SmtpdSession *s,
-                GObject      *stream)
+                gboolean      input)
 {
-  GSource *source = G_IS_POLLABLE_INPUT_STREAM (stream)
-    ? g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (stream), NULL)
-    : g_pollable_output_stream_create_source (G_POLLABLE_OUTPUT_STREAM (stream), NULL);
+  GSource *source;
 
-  g_source_set_callback (source, G_SOURCE_FUNC (smtpd_io_ready), smtpd_ref (s),
-                         (GDestroyNotify) smtpd_unref);
+  if (s->stream == G_IO_STREAM (s->conn))
+    {
+      static GSourceFuncs funcs = { .dispatch = smtpd_fd_dispatch };
+
+      source = g_source_new (&funcs, sizeof (GSource));
+      g_source_add_unix_fd (source, g_socket_get_fd (g_socket_connection_get_socket (s->conn)),
+                            input ? G_IO_IN | G_IO_HUP | G_IO_ERR : G_IO_OUT | G_IO_HUP | G_IO_ERR);
+      g_source_set_callback (source, input ? smtpd_in_ready : smtpd_out_ready, smtpd_ref (s),
+                             (GDestroyNotify) smtpd_unref);
+    }
+  else if (input)
+    {
+      source = g_pollable_input_stream_create_source (
+          G_POLLABLE_INPUT_STREAM (g_io_stream_get_input_stream (s->stream)), NULL);
+      g_source_set_callback (source, G_SOURCE_FUNC (smtpd_pollable_in_ready), smtpd_ref (s),
+                             (GDestroyNotify) smtpd_unref);
+    }
+  else
+    {
+      source = g_pollable_output_stream_create_source (
+          G_POLLABLE_OUTPUT_STREAM (g_io_stream_get_output_stream (s->stream)), NULL);
+      g_source_set_callback (source, G_SOURCE_FUNC (smtpd_pollable_out_ready), smtpd_ref (s),
+                             (GDestroyNotify) smtpd_unref);
+    }
+  /* GLib blocks a source that cannot recurse around each dispatch by
+   * taking its fd out of the poll set and back, and each change wakes the
+   * loop once more.  Nothing here runs the main loop from inside a
+   * callback, so recursion cannot happen. */
+  g_source_set_can_recurse (source, TRUE);
   g_source_attach (source, NULL);
   return source;
 }
@@ -1091,13 +1167,26 @@ smtpd_stop_waiting (SmtpdSession *s)
   g_clear_pointer (&s->out_source, g_source_unref);
 }
 
-/* smtpd_wants_input - whether the state reads from the client */
+/* smtpd_wants_input - whether to read from the client now: in the states
+ * that take input, and while a commit or password check runs (bytes a
+ * client pipelines then wait in inbuf), with room in inbuf and no reply
+ * stuck behind a client that does not read */
 static gboolean
 smtpd_wants_input (SmtpdSession *s)
 {
-  return s->inbuf->len < 4 * SMTPD_READ_CHUNK
+  return s->inbuf->len < 4 * SMTPD_READ_CHUNK && s->out_source == NULL && !s->client_eof
          && (s->state == SMTPD_STATE_PREGREET || s->state == SMTPD_STATE_COMMAND
-             || s->state == SMTPD_STATE_AUTH || s->state == SMTPD_STATE_DATA);
+             || s->state == SMTPD_STATE_AUTH || s->state == SMTPD_STATE_DATA
+             || s->state == SMTPD_STATE_BUSY);
+}
+
+/* smtpd_stop_reading - no input source until the session wants input again */
+static void
+smtpd_stop_reading (SmtpdSession *s)
+{
+  if (s->in_source != NULL)
+    g_source_destroy (s->in_source);
+  g_clear_pointer (&s->in_source, g_source_unref);
 }
 
 /* smtpd_pump - write what is queued, then close, start TLS, or read and
@@ -1114,7 +1203,12 @@ smtpd_pump (SmtpdSession *s)
       gssize n;
 
       if (s->out_source != NULL)
-        break;   /* the rest waits for room */
+        {
+          /* The rest waits for room; no reading meanwhile, or a client
+           * that sends but does not read would grow outbuf without end. */
+          smtpd_stop_reading (s);
+          break;
+        }
       if (s->out_done < s->outbuf->len)
         {
           GPollableOutputStream *out = G_POLLABLE_OUTPUT_STREAM (g_io_stream_get_output_stream (s->stream));
@@ -1131,7 +1225,7 @@ smtpd_pump (SmtpdSession *s)
                 }
             }
           else if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-            s->out_source = smtpd_wait_for (s, G_OBJECT (out));
+            s->out_source = smtpd_wait_for (s, FALSE);
           else
             {
               if (s->state != SMTPD_STATE_CLOSED)
@@ -1152,15 +1246,27 @@ smtpd_pump (SmtpdSession *s)
           smtpd_handshake (s);
           break;
         }
-      if (s->in_source != NULL || !smtpd_wants_input (s))
-        break;
+      if (s->client_eof && s->state != SMTPD_STATE_BUSY)
+        {
+          /* Its last replies are out: now it is gone. */
+          pmx_log_info (NULL, NULL, "smtpd: client %s: disconnected in state %s", s->peer,
+                        smtpd_state_names[s->state]);
+          smtpd_finish (s);
+          break;
+        }
+      if (!smtpd_wants_input (s))
+        {
+          smtpd_stop_reading (s);
+          break;
+        }
       {
         GPollableInputStream *in = G_POLLABLE_INPUT_STREAM (g_io_stream_get_input_stream (s->stream));
 
         if (reads++ == SMTPD_PUMP_READS)
           {
-            /* Other sessions first: come back when the loop polls again. */
-            s->in_source = smtpd_wait_for (s, G_OBJECT (in));
+            /* Other sessions first: the source calls again if more is there. */
+            if (s->in_source == NULL)
+              s->in_source = smtpd_wait_for (s, TRUE);
             break;
           }
         n = g_pollable_input_stream_read_nonblocking (in, s->chunk, SMTPD_READ_CHUNK, NULL, &error);
@@ -1173,7 +1279,16 @@ smtpd_pump (SmtpdSession *s)
           }
         else if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
           {
-            s->in_source = smtpd_wait_for (s, G_OBJECT (in));
+            if (s->in_source == NULL)
+              s->in_source = smtpd_wait_for (s, TRUE);
+            break;
+          }
+        else if (n == 0 && s->state == SMTPD_STATE_BUSY)
+          {
+            /* A client may send its last command and half-close: it still
+             * gets the answer the commit or check it waits for. */
+            s->client_eof = TRUE;
+            smtpd_stop_reading (s);
             break;
           }
         else

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import ssl
 import subprocess
 import time
@@ -187,6 +188,25 @@ try:
     qid = [q for q in gw.queue_ids() if "hidden@y.test" in gw.queue_show(q)]
     tap.ok(len(qid) == 1 and envelope(qid[0]) == ("a@x.test", ["g@y.test", "h@y.test", "hidden@y.test"], "smtp:alice"),
            "msmtp -t: the envelope has To, Cc and Bcc", qid and envelope(qid[0]))
+
+    # 9b. A client that pipelines the end of DATA and QUIT and half-closes at
+    # once (printf ... | nc style) still gets its 250 and 221: the listener
+    # reads while the commit runs, and the EOF waits behind the answers.
+    hc = Raw(gw.port)
+    hc.cmd("EHLO client.test")
+    hc.cmd("MAIL FROM:<bob@z.test>")
+    hc.cmd("RCPT TO:<halfclose@y.test>")
+    hc.cmd("DATA")
+    hc.send(b"From: bob@z.test\r\nSubject: half-close\r\nMessage-ID: <halfclose@x.test>\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    hc.sock.shutdown(socket.SHUT_WR)
+    code, lines = hc.reply()
+    m = re.search(r"queued as ([0-9A-F]{16})", lines[0]) if code == 250 else None
+    tap.ok(m is not None, "half-close after '.' and QUIT: 250 queued as ID", lines)
+    code, lines = hc.reply()
+    tap.eq(code, 221, "half-close after '.' and QUIT: then 221")
+    tap.ok(hc.closed(), "half-close after '.' and QUIT: then the server closes")
+    hc.close()
+    tap.ok(wait_until(lambda: delivered("halfclose"), 15) is not None, "half-close: the message is delivered")
 
     # 10. Shutdown: an idle session is told 421 4.3.2.
     idle = Raw(gw.port)
