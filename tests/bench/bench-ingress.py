@@ -40,7 +40,11 @@ Env: BENCH_N (20000), BENCH_SIZES ("1024,10240"), BENCH_SESSIONS ("8,32"),
    instance is stopped and removed at the end.  Postfix CPU per message is
    master's tree: its utime+stime+cutime+cstime plus its live children.
    Between runs: `postsuper -d ALL deferred` (the one -M message) and a
-   pause so cached SMTP connections (2 s) expire.
+   pause so cached SMTP connections (2 s) expire.  Before every timed run
+   (either side) the script waits, up to 20 s, until the CPUs were less
+   than 15% busy over half a second (benchlib.wait_quiet()), so neither
+   side starts while the previous run's leftovers (a Postfix queue
+   manager, a checkpoint) still use the machine.
    Each (size, sessions, mode) cell runs Postmux then Postfix back to back
    and prints both relay rates and their ratio (issue 4 target: >= 5x).
 3. HTTP: wrk (Debian package `wrk`, installed if missing) POSTs a small
@@ -238,6 +242,7 @@ def drive(tools, target_port, sink_port, size, sessions, persistent, cpu_of):
     sink_log = tempfile.TemporaryFile()
     sinkp = subprocess.Popen(tools.sink_cmd(sink_port, N), stdout=sink_log, stderr=sink_log, env=tools.env())
     benchlib.wait_port(sink_port)   # one probe connection; -M counts messages, not connections
+    benchlib.wait_quiet()           # both sides start from a settled machine
     cpu0 = cpu_of()
     busy0 = benchlib.system_busy()
     t0 = time.perf_counter()

@@ -44,7 +44,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+sys.path.insert(0, os.path.dirname(__file__))
 from pmxtest import POSTMUX, Gateway  # noqa: E402
+import benchlib  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "20000"))
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "1024,10240").split(",")]
@@ -163,6 +165,7 @@ def run(snapshot, size, workers, sink, libs):
             except OSError:
                 time.sleep(0.02)
         # The probe above was one connection; smtp-sink counts messages, not connections.
+        benchlib.wait_quiet()   # the fill's checkpoint and the last run have settled
         t0 = time.perf_counter()
         proc = gw.start(wait=False)
         rc = sinkp.wait(timeout=1800)

@@ -124,6 +124,21 @@ def system_busy():
     return sum(v) - idle, sum(v)
 
 
+def wait_quiet(limit=0.15, window=0.5, timeout=20.0):
+    """Wait until the CPUs were busy less than @limit over @window seconds
+    (what an earlier run left behind, a Postfix queue manager or a
+    checkpoint, has settled), at most @timeout seconds; returns the last
+    busy fraction seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        b0 = system_busy()
+        time.sleep(window)
+        b1 = system_busy()
+        busy = (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
+        if busy < limit or time.monotonic() >= deadline:
+            return busy
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return f.read().split()[0:3]
