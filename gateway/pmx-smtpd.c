@@ -88,6 +88,9 @@ typedef struct {
   GSocketAddress *address;
   gboolean        implicit_tls;
   char           *text;       /* as the config wrote it */
+  GSocket        *socket;     /* listening, from pmx_smtpd_start() */
+  GSource        *source;     /* accepts when the socket is readable */
+  PmxSmtpd       *smtpd;
 } SmtpdListen;
 
 typedef struct {
@@ -115,8 +118,7 @@ struct _PmxSmtpd {
   GPtrArray       *networks;          /* SmtpdNetwork */
   GHashTable      *users;             /* name -> SmtpdUser */
 
-  GSocketService  *service;
-  GObject         *implicit_marker;   /* source object of implicit-TLS listeners */
+  gboolean         started;
   GHashTable      *sessions;          /* SmtpdSession set */
   GHashTable      *per_client;        /* ip -> connections */
   GHashTable      *auth_failures;     /* ip -> SmtpdFailures */
@@ -2171,20 +2173,18 @@ smtpd_process (SmtpdSession *s)
     }
 }
 
-/* smtpd_incoming - GSocketService::incoming: a client connected */
-static gboolean
-smtpd_incoming (GSocketService    *service,
-                GSocketConnection *conn,
-                GObject           *source,
-                gpointer           user_data)
+/* smtpd_incoming - a client connected to @l */
+static void
+smtpd_incoming (SmtpdListen       *l,
+                GSocketConnection *conn)
 {
-  PmxSmtpd *smtpd = user_data;
+  PmxSmtpd *smtpd = l->smtpd;
   g_autoptr(GSocketAddress) remote = g_socket_connection_get_remote_address (conn, NULL);
   SmtpdSession *s;
   guint n;
 
   if (remote == NULL || !G_IS_INET_SOCKET_ADDRESS (remote))
-    return TRUE;   /* dropping @conn closes it */
+    return;   /* dropping @conn closes it */
   s = g_new0 (SmtpdSession, 1);
   s->ref = 1;
   s->smtpd = smtpd;
@@ -2217,18 +2217,45 @@ smtpd_incoming (GSocketService    *service,
       smtpd_reply (s, "421 4.7.0 %s Error: too many connections%s", smtpd->hostname, total ? "" : " from your address");
       smtpd_close (s);
       smtpd_pump (s);
-      return TRUE;
+      return;
     }
-  if (source == smtpd->implicit_marker)
+  if (l->implicit_tls)
     {
       s->implicit_greeting = TRUE;
       smtpd_handshake (s);
-      return TRUE;
+      return;
     }
   smtpd_set_state (s, SMTPD_STATE_PREGREET);
   smtpd_pump (s);
-  return TRUE;
 }
+
+/* smtpd_accept - the listening socket is readable: take the connections
+ * waiting, a bounded number at a time.  (GSocketService's accept_async
+ * costs a GTask, a new source and four main-loop wake-ups per
+ * connection.) */
+static gboolean
+smtpd_accept (gpointer user_data)
+{
+  SmtpdListen *l = user_data;
+
+  for (guint i = 0; i < 16; i++)
+    {
+      g_autoptr(GError) error = NULL;
+      g_autoptr(GSocket) client = g_socket_accept (l->socket, NULL, &error);
+      g_autoptr(GSocketConnection) conn = NULL;
+
+      if (client == NULL)
+        {
+          if (!g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+            pmx_log_warning (NULL, NULL, "smtpd: listen.smtp \"%s\": accept: %s", l->text, error->message);
+          break;
+        }
+      conn = g_socket_connection_factory_create_connection (client);
+      smtpd_incoming (l, conn);
+    }
+  return G_SOURCE_CONTINUE;
+}
+
 
 /* ======================================================================
  * Configuration and life cycle.
@@ -2259,6 +2286,12 @@ smtpd_listen_free (gpointer data)
 {
   SmtpdListen *l = data;
 
+  if (l->source != NULL)
+    g_source_destroy (l->source);
+  g_clear_pointer (&l->source, g_source_unref);
+  if (l->socket != NULL)
+    g_socket_close (l->socket, NULL);
+  g_clear_object (&l->socket);
   g_clear_object (&l->address);
   g_free (l->text);
   g_free (l);
@@ -2518,29 +2551,42 @@ gboolean
 pmx_smtpd_start (PmxSmtpd *smtpd,
                  GError  **error)
 {
-  g_return_val_if_fail (smtpd != NULL && smtpd->service == NULL, FALSE);
+  g_return_val_if_fail (smtpd != NULL && !smtpd->started, FALSE);
 
-  smtpd->service = g_socket_service_new ();
-  smtpd->implicit_marker = g_object_new (G_TYPE_OBJECT, NULL);
-  g_socket_listener_set_backlog (G_SOCKET_LISTENER (smtpd->service), 128);
+  smtpd->started = TRUE;
   for (guint i = 0; i < smtpd->listens->len; i++)
     {
+      static GSourceFuncs funcs = { .dispatch = smtpd_fd_dispatch };
       SmtpdListen *l = g_ptr_array_index (smtpd->listens, i);
       g_autoptr(GSocketAddress) effective = NULL;
       g_autoptr(GError) local_error = NULL;
       g_autofree char *host = NULL;
       GInetAddress *ia;
 
-      if (!g_socket_listener_add_address (G_SOCKET_LISTENER (smtpd->service), l->address,
-                                          G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                                          l->implicit_tls ? smtpd->implicit_marker : NULL,
-                                          &effective, &local_error))
+      l->smtpd = smtpd;
+      l->socket = g_socket_new (g_socket_address_get_family (l->address), G_SOCKET_TYPE_STREAM,
+                                G_SOCKET_PROTOCOL_TCP, &local_error);
+      if (l->socket != NULL)
+        {
+          g_socket_set_blocking (l->socket, FALSE);
+          g_socket_set_listen_backlog (l->socket, 128);
+        }
+      if (l->socket == NULL
+          || !g_socket_bind (l->socket, l->address, TRUE, &local_error)
+          || !g_socket_listen (l->socket, &local_error)
+          || (effective = g_socket_get_local_address (l->socket, &local_error)) == NULL)
         {
           g_set_error (error, PMX_SMTPD_ERROR, PMX_SMTPD_ERROR_LISTEN,
                        "listen.smtp[%u].address \"%s\": cannot listen: %s — is another server on that port?",
                        i, l->text, local_error->message);
           return FALSE;
         }
+      l->source = g_source_new (&funcs, sizeof (GSource));
+      g_source_add_unix_fd (l->source, g_socket_get_fd (l->socket), G_IO_IN);
+      g_source_set_callback (l->source, smtpd_accept, l, NULL);
+      g_source_set_can_recurse (l->source, TRUE);
+      g_source_attach (l->source, NULL);
+
       ia = g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (effective));
       host = g_inet_address_to_string (ia);
       pmx_log_info (NULL, NULL, "smtpd: listening on %s%s%s:%u (%s)",
@@ -2549,8 +2595,6 @@ pmx_smtpd_start (PmxSmtpd *smtpd,
                     g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective)),
                     l->implicit_tls ? "implicit TLS" : smtpd->cert != NULL ? "STARTTLS offered" : "plain, no TLS configured");
     }
-  g_signal_connect (smtpd->service, "incoming", G_CALLBACK (smtpd_incoming), smtpd);
-  g_socket_service_start (smtpd->service);
   return TRUE;
 }
 
@@ -2565,10 +2609,15 @@ pmx_smtpd_shutdown (PmxSmtpd *smtpd)
   if (smtpd->shutting_down)
     return;
   smtpd->shutting_down = TRUE;
-  if (smtpd->service != NULL)
+  for (guint i = 0; i < smtpd->listens->len; i++)
     {
-      g_socket_service_stop (smtpd->service);
-      g_socket_listener_close (G_SOCKET_LISTENER (smtpd->service));
+      SmtpdListen *l = g_ptr_array_index (smtpd->listens, i);
+
+      if (l->source != NULL)
+        g_source_destroy (l->source);
+      g_clear_pointer (&l->source, g_source_unref);
+      if (l->socket != NULL)
+        g_socket_close (l->socket, NULL);
     }
   g_hash_table_iter_init (&iter, smtpd->sessions);
   while (g_hash_table_iter_next (&iter, &key, NULL))
@@ -2616,8 +2665,6 @@ pmx_smtpd_free (PmxSmtpd *smtpd)
   deadline = g_get_monotonic_time () + PMX_USEC_PER_SEC;
   while (g_main_context_pending (NULL) && g_get_monotonic_time () < deadline)
     g_main_context_iteration (NULL, FALSE);
-  g_clear_object (&smtpd->service);
-  g_clear_object (&smtpd->implicit_marker);
   g_clear_object (&smtpd->cert);
   g_ptr_array_unref (smtpd->listens);
   g_ptr_array_unref (smtpd->networks);

@@ -41,10 +41,11 @@ Env: BENCH_N (20000), BENCH_SIZES ("1024,10240"), BENCH_SESSIONS ("8,32"),
    master's tree: its utime+stime+cutime+cstime plus its live children.
    Between runs: `postsuper -d ALL deferred` (the one -M message) and a
    pause so cached SMTP connections (2 s) expire.  Before every timed run
-   (either side) the script waits, up to 20 s, until the CPUs were less
-   than 15% busy over half a second (benchlib.wait_quiet()), so neither
-   side starts while the previous run's leftovers (a Postfix queue
-   manager, a checkpoint) still use the machine.
+   (either side) the script calls sync(2) and waits, up to 20 s, until the
+   CPUs were less than 15% busy over half a second (benchlib.wait_quiet()),
+   so neither side starts while the previous run's leftovers (dirty queue
+   files still being written back, a Postfix queue manager, a checkpoint)
+   still use the disk or the CPUs.
    Each (size, sessions, mode) cell runs Postmux then Postfix back to back
    and prints both relay rates and their ratio (issue 4 target: >= 5x).
 3. HTTP: wrk (Debian package `wrk`, installed if missing) POSTs a small

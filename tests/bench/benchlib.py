@@ -125,10 +125,12 @@ def system_busy():
 
 
 def wait_quiet(limit=0.15, window=0.5, timeout=20.0):
-    """Wait until the CPUs were busy less than @limit over @window seconds
-    (what an earlier run left behind, a Postfix queue manager or a
-    checkpoint, has settled), at most @timeout seconds; returns the last
+    """Write back every dirty page (so that no earlier run's files, say
+    Postfix's queue files, are still being flushed while this run waits
+    for its own fsyncs), then wait until the CPUs were busy less than
+    @limit over @window seconds, at most @timeout seconds; returns the last
     busy fraction seen."""
+    os.sync()
     deadline = time.monotonic() + timeout
     while True:
         b0 = system_busy()
