@@ -10,7 +10,7 @@ pkgs=(
   json-schema-test-suite python3 swaks python3-aiosmtpd openssl glib-networking
   libcrypt-dev libnet-ssleay-perl libio-socket-ssl-perl msmtp curl
   clang libclang-rt-14-dev
-  make mandoc groff-base sqlite3
+  make mandoc groff-base sqlite3 iproute2
   dovecot-core dovecot-submissiond
 )
 

@@ -46,6 +46,7 @@
 
 #include <postmux/postmux.h>
 
+#include <gio/gnetworking.h>
 #include <gmime/gmime.h>
 #include <libsoup/soup.h>
 #include <string.h>
@@ -53,6 +54,7 @@
 #define HTTPD_DEFAULT_MAX_SIZE  (25 * 1024 * 1024)
 #define HTTPD_MAX_IDEMPOTENCY   255
 #define HTTPD_SHUTDOWN_WAIT     (30 * G_USEC_PER_SEC)
+#define HTTPD_LISTEN_BACKLOG    511   /* nginx's default; the kernel caps it at net.core.somaxconn */
 #define HTTPD_STATUS_TOO_MANY_REQUESTS 429   /* RFC 6585; libsoup has no name for it */
 
 G_DEFINE_QUARK (pmx-httpd-error-quark, pmx_httpd_error)
@@ -1496,8 +1498,23 @@ httpd_listen_one (PmxHttpd   *httpd,
   for (GList *l = addrs; l != NULL; l = l->next)
     {
       g_autoptr(GSocketAddress) sa = g_inet_socket_address_new (l->data, (guint16) port);
+      g_autoptr(GSocket) sock = g_socket_new (g_socket_address_get_family (sa), G_SOCKET_TYPE_STREAM,
+                                              G_SOCKET_PROTOCOL_DEFAULT, &local_error);
 
-      if (!soup_server_listen (httpd->server, sa, tls ? SOUP_SERVER_LISTEN_HTTPS : 0, &local_error))
+      /* The socket is made here, as soup_server_listen() would make it
+       * (IPv6 only on an IPv6 address), but with a listen backlog for a
+       * burst of clients: soup_server_listen() leaves GSocket's 10, and
+       * 128 clients connecting at once then wait seconds for SYN retries. */
+      if (sock != NULL)
+        {
+          if (g_socket_address_get_family (sa) == G_SOCKET_FAMILY_IPV6)
+            (void) g_socket_set_option (sock, IPPROTO_IPV6, IPV6_V6ONLY, TRUE, NULL);
+          g_socket_set_listen_backlog (sock, HTTPD_LISTEN_BACKLOG);
+        }
+      if (sock == NULL
+          || !g_socket_bind (sock, sa, TRUE, &local_error)
+          || !g_socket_listen (sock, &local_error)
+          || !soup_server_listen_socket (httpd->server, sock, tls ? SOUP_SERVER_LISTEN_HTTPS : 0, &local_error))
         {
           g_set_error (error, PMX_HTTPD_ERROR, PMX_HTTPD_ERROR_LISTEN, "cannot listen on %s for HTTP%s: %s",
                        address, tls ? "S" : "", local_error->message);

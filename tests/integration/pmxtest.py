@@ -195,3 +195,14 @@ def scripted_log(path):
 
 def plugin_path():
     return [p for p in os.environ.get("POSTMUX_PLUGIN_PATH", "").split(":") if p]
+
+
+def listen_backlog(port):
+    """The accept backlog of the TCP socket listening on 127.0.0.1:@port, as
+    `ss -ltn` shows it (Send-Q of a LISTEN socket); None if there is none."""
+    out = subprocess.run(["ss", "-Hltn", "sport = :%d" % port], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].endswith(":%d" % port):
+            return int(fields[2])
+    return None

@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import urllib.parse
 
-from pmxtest import Gateway, Tap, maildir_files, wait_until
+from pmxtest import Gateway, Tap, listen_backlog, maildir_files, wait_until
 
 tap = Tap()
 
@@ -147,6 +147,9 @@ try:
     m = re.search(r"http: listening on http://127\.0\.0\.1:(\d+)/", gw.log())
     tap.ok(m is not None, "the log names the HTTP listener", gw.log()[-2000:])
     port = int(m.group(1))
+    # libsoup's own listen() leaves GSocket's backlog of 10: a burst of
+    # clients would then wait for SYN retries (seconds).
+    tap.eq(listen_backlog(port), 511, "the HTTP listener's accept backlog is 511")
 
     # Health before anything is queued.
     st, h, body = request("GET", "/v1/health", key=None)

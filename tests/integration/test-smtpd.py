@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import time
 
-from pmxtest import Tap, wait_until
+from pmxtest import Tap, listen_backlog, wait_until
 from smtpdtest import Raw, SmtpGateway, password_hash
 
 tap = Tap()
@@ -71,6 +71,7 @@ def swaks(*args, data=None):
 try:
     gw.start()
     datafile = gw.path("msg.eml")
+    tap.eq(listen_backlog(gw.port), 128, "the SMTP listener's accept backlog is 128")
 
     # 1. swaks, plain, from loopback (auth.networks default), dot-stuffing.
     with open(datafile, "w") as f:
