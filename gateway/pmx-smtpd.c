@@ -67,6 +67,7 @@
 #define SMTPD_CLOSE_GRACE_MS   30000
 #define SMTPD_READ_CHUNK       16384
 #define SMTPD_PUMP_READS       8       /* reads in a row before other sessions get a turn */
+#define SMTPD_ACCEPT_PAUSE_MS  100     /* no accept() for this long after one failed */
 #define SMTPD_MAX_ERRORS       10
 #define SMTPD_MAX_AUTH_FAILS   3
 #define SMTPD_AUTH_DELAY_CAP   16      /* seconds */
@@ -90,6 +91,7 @@ typedef struct {
   char           *text;       /* as the config wrote it */
   GSocket        *socket;     /* listening, from pmx_smtpd_start() */
   GSource        *source;     /* accepts when the socket is readable */
+  guint           resume;     /* accepting paused after an accept() error */
   PmxSmtpd       *smtpd;
 } SmtpdListen;
 
@@ -2229,10 +2231,26 @@ smtpd_incoming (SmtpdListen       *l,
   smtpd_pump (s);
 }
 
+static void smtpd_listen_watch (SmtpdListen *l);
+
+/* smtpd_accept_resume - the pause after an accept() error is over */
+static gboolean
+smtpd_accept_resume (gpointer user_data)
+{
+  SmtpdListen *l = user_data;
+
+  l->resume = 0;
+  smtpd_listen_watch (l);
+  return G_SOURCE_REMOVE;
+}
+
 /* smtpd_accept - the listening socket is readable: take the connections
  * waiting, a bounded number at a time.  (GSocketService's accept_async
  * costs a GTask, a new source and four main-loop wake-ups per
- * connection.) */
+ * connection.)  When accept() fails for another reason than "nothing
+ * waiting" (out of file descriptors, most likely) the connection stays in
+ * the backlog and the socket stays readable: stop watching it for
+ * SMTPD_ACCEPT_PAUSE_MS instead of spinning, as Postfix's master does. */
 static gboolean
 smtpd_accept (gpointer user_data)
 {
@@ -2246,9 +2264,16 @@ smtpd_accept (gpointer user_data)
 
       if (client == NULL)
         {
-          if (!g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-            pmx_log_warning (NULL, NULL, "smtpd: listen.smtp \"%s\": accept: %s", l->text, error->message);
-          break;
+          if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+            break;
+          pmx_log_warning (NULL, NULL, "smtpd: listen.smtp \"%s\": cannot accept a connection: %s — "
+                           "not accepting for %d ms; if this repeats, raise the open-files limit "
+                           "(LimitNOFILE=) or lower smtpd.max_connections",
+                           l->text, error->message, SMTPD_ACCEPT_PAUSE_MS);
+          g_source_destroy (l->source);
+          g_clear_pointer (&l->source, g_source_unref);
+          l->resume = g_timeout_add (SMTPD_ACCEPT_PAUSE_MS, smtpd_accept_resume, l);
+          return G_SOURCE_REMOVE;
         }
       conn = g_socket_connection_factory_create_connection (client);
       smtpd_incoming (l, conn);
@@ -2256,6 +2281,18 @@ smtpd_accept (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
+/* smtpd_listen_watch - accept when @l's socket is readable */
+static void
+smtpd_listen_watch (SmtpdListen *l)
+{
+  static GSourceFuncs funcs = { .dispatch = smtpd_fd_dispatch };
+
+  l->source = g_source_new (&funcs, sizeof (GSource));
+  g_source_add_unix_fd (l->source, g_socket_get_fd (l->socket), G_IO_IN);
+  g_source_set_callback (l->source, smtpd_accept, l, NULL);
+  g_source_set_can_recurse (l->source, TRUE);
+  g_source_attach (l->source, NULL);
+}
 
 /* ======================================================================
  * Configuration and life cycle.
@@ -2286,6 +2323,7 @@ smtpd_listen_free (gpointer data)
 {
   SmtpdListen *l = data;
 
+  g_clear_handle_id (&l->resume, g_source_remove);
   if (l->source != NULL)
     g_source_destroy (l->source);
   g_clear_pointer (&l->source, g_source_unref);
@@ -2556,7 +2594,6 @@ pmx_smtpd_start (PmxSmtpd *smtpd,
   smtpd->started = TRUE;
   for (guint i = 0; i < smtpd->listens->len; i++)
     {
-      static GSourceFuncs funcs = { .dispatch = smtpd_fd_dispatch };
       SmtpdListen *l = g_ptr_array_index (smtpd->listens, i);
       g_autoptr(GSocketAddress) effective = NULL;
       g_autoptr(GError) local_error = NULL;
@@ -2581,11 +2618,7 @@ pmx_smtpd_start (PmxSmtpd *smtpd,
                        i, l->text, local_error->message);
           return FALSE;
         }
-      l->source = g_source_new (&funcs, sizeof (GSource));
-      g_source_add_unix_fd (l->source, g_socket_get_fd (l->socket), G_IO_IN);
-      g_source_set_callback (l->source, smtpd_accept, l, NULL);
-      g_source_set_can_recurse (l->source, TRUE);
-      g_source_attach (l->source, NULL);
+      smtpd_listen_watch (l);
 
       ia = g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (effective));
       host = g_inet_address_to_string (ia);
@@ -2613,6 +2646,7 @@ pmx_smtpd_shutdown (PmxSmtpd *smtpd)
     {
       SmtpdListen *l = g_ptr_array_index (smtpd->listens, i);
 
+      g_clear_handle_id (&l->resume, g_source_remove);
       if (l->source != NULL)
         g_source_destroy (l->source);
       g_clear_pointer (&l->source, g_source_unref);

@@ -6,7 +6,9 @@ oversize messages, AUTH without TLS, relaying from a foreign sender or
 network, garbage, silence, pre-greeting traffic, unadvertised pipelining,
 connection limits.  Each case expects its exact reply (or a close), and
 the queue gains nothing."""
+import re
 import socket
+import subprocess
 import time
 
 from pmxtest import Tap
@@ -193,6 +195,29 @@ try:
     tap.ok(code == 530 and "5.7.0 Authentication required" in lines[0], "MAIL from 127.0.0.2 (not in auth.networks) -> 530 5.7.0", lines)
     code, lines = too_many_connections(gw.port)
     tap.ok(code == 421 and "4.7.0" in lines[0] and "closed" in lines, "a 5th connection from one client -> 421 4.7.0", lines)
+
+    # Out of file descriptors: accept() fails and the client waits in the
+    # backlog.  The listener logs it and pauses (100 ms) instead of spinning
+    # on a socket that stays readable, and takes the client once
+    # descriptors are back.  (prlimit lowers only the soft limit, below what
+    # is open, so that no new descriptor can be had whatever else closes.)
+    pid = gw.proc.pid
+    with open("/proc/%d/limits" % pid) as f:
+        soft = re.search(r"^Max open files\s+(\d+)", f.read(), re.M).group(1)
+    subprocess.run(["prlimit", "--pid", str(pid), "--nofile=8:"], check=True)
+    starved = socket.create_connection(("127.0.0.1", gw.port), 5)
+    time.sleep(1.0)
+    failures = gw.log().count("cannot accept a connection")
+    subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%s:" % soft], check=True)
+    tap.ok(1 <= failures <= 20, "out of file descriptors: accept failures logged about every 100 ms, no busy loop "
+           "(%d in 1 s)" % failures, gw.log()[-600:])
+    starved.settimeout(5)
+    try:
+        greeting = starved.recv(200)
+    except OSError as e:
+        greeting = repr(e).encode()
+    starved.close()
+    tap.ok(greeting.startswith(b"220 "), "descriptors back: the waiting client is accepted and greeted", greeting)
 
     after = gw.queue_ids()
     tap.eq(after, before, "the queue gained nothing")
