@@ -118,13 +118,7 @@ class Gateway:
     def stop(self, sig=signal.SIGTERM, timeout=60):
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
+        rc = stop_process(self.proc, timeout, sig)
         self.proc = None
         if self.log_file:
             self.log_file.close()
@@ -140,6 +134,18 @@ class Gateway:
     def cleanup(self):
         self.stop(signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stop_process(proc, timeout=30, sig=signal.SIGTERM):
+    """Send @sig to a peer or daemon started by a test (if it still runs),
+    wait @timeout seconds for it, then SIGKILL; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def message(n, subject=None, extra_headers=""):

@@ -32,13 +32,12 @@ import shutil
 import smtplib
 import subprocess
 import tempfile
-import time
 import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from pmxtest import Gateway, Tap, wait_until
+from pmxtest import Gateway, Tap, stop_process, wait_until
 
 MOCK = os.environ.get("PMX_MOCK_GRAPH")
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
@@ -91,13 +90,7 @@ class Mock:
         return [m for m in self.state()["messages"] if m.get("subject") == subject]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.err.close()
         return self.proc.returncode
 

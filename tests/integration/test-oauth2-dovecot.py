@@ -42,7 +42,7 @@ import traceback
 import urllib.parse
 import urllib.request
 
-from pmxtest import POSTMUX, Gateway, Tap, wait_until
+from pmxtest import POSTMUX, Gateway, Tap, stop_process, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SINK = os.path.join(HERE, "..", "peers", "smtp_peer.py")
@@ -98,9 +98,7 @@ class Idp:
         return self.ctl("/stats", client_id=client_id)["requests"]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+        stop_process(self.proc, 30)
         self.err.close()
 
 
@@ -127,9 +125,7 @@ class Sink:
         return out
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+        stop_process(self.proc, 30)
         self.err.close()
 
 
@@ -220,13 +216,7 @@ service submission-login {{
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.out.close()
 
 

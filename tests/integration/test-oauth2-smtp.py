@@ -19,19 +19,16 @@ import base64
 import http.server
 import json
 import os
-import re
 import secrets
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 import traceback
 import urllib.parse
 
-from pmxtest import Gateway, Tap, wait_until
+from pmxtest import Gateway, Tap, stop_process, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "..", "peers", "smtp_peer.py")
@@ -167,13 +164,7 @@ class Peer:
         return [(e, b) for e, b in self.messages() if ("Message-ID: <%s>" % mid).encode() in b]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.err.close()
 
 

@@ -26,12 +26,11 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
 
-from pmxtest import POSTMUX, Gateway, Tap, wait_until
+from pmxtest import POSTMUX, Gateway, Tap, stop_process, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "..", "peers", "smtp_peer.py")
@@ -126,13 +125,7 @@ class Peer:
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.err.close()
 
 

@@ -6,7 +6,6 @@ msmtp -t.  Each message arrives in the maildir byte for byte as sent
 (after dot-unstuffing; the maildir keeps LF line ends), with its envelope.
 Also: failed AUTH is slowed down, shutdown says 421, and kill -9 between
 the end of DATA and the 250 never loses an acknowledged message."""
-import os
 import re
 import signal
 import smtplib
