@@ -971,23 +971,14 @@ static void
 queue_append_outcome (GString                   *out,
                       const PmxAttemptRecipient *r)
 {
-  char code[12];
-  gsize n = sizeof code;
-  guint value = r->code;
   gsize start;
 
-  /* No printf: this runs for every attempt. */
-  do
-    code[--n] = (char) ('0' + value % 10);
-  while ((value /= 10) != 0);
   if (out->len > 0)
     g_string_append_c (out, '\n');
   g_string_append (out, r->address);
   g_string_append_c (out, ' ');
   g_string_append (out, pmx_rcpt_state_to_string (r->state));
-  g_string_append_c (out, ' ');
-  g_string_append_len (out, code + n, (gssize) (sizeof code - n));
-  g_string_append_c (out, ' ');
+  g_string_append_printf (out, " %u ", r->code);
   g_string_append (out, r->enhanced != NULL && r->enhanced[0] != '\0' ? r->enhanced : "-");
   g_string_append_c (out, ' ');
   /* Multi-line replies must stay on the recipient's one line. */

@@ -193,6 +193,15 @@ typedef struct {
 
 static void smtpd_pump        (SmtpdSession *s);
 static void smtpd_stop_waiting (SmtpdSession *s);
+
+/* smtpd_drop_source - destroy *@source (if any) and let go of it */
+static void
+smtpd_drop_source (GSource **source)
+{
+  if (*source != NULL)
+    g_source_destroy (*source);
+  g_clear_pointer (source, g_source_unref);
+}
 static void smtpd_process     (SmtpdSession *s);
 static void smtpd_finish      (SmtpdSession *s);
 static void smtpd_set_state   (SmtpdSession *s,
@@ -1023,9 +1032,7 @@ smtpd_set_state (SmtpdSession *s,
   s->state = state;
   if (state == SMTPD_STATE_CLOSED)
     {
-      if (s->timer != NULL)
-        g_source_destroy (s->timer);
-      g_clear_pointer (&s->timer, g_source_unref);
+      smtpd_drop_source (&s->timer);
       g_clear_handle_id (&s->delay, g_source_remove);
       return;
     }
@@ -1163,12 +1170,8 @@ smtpd_wait_for (SmtpdSession *s,
 static void
 smtpd_stop_waiting (SmtpdSession *s)
 {
-  if (s->in_source != NULL)
-    g_source_destroy (s->in_source);
-  g_clear_pointer (&s->in_source, g_source_unref);
-  if (s->out_source != NULL)
-    g_source_destroy (s->out_source);
-  g_clear_pointer (&s->out_source, g_source_unref);
+  smtpd_drop_source (&s->in_source);
+  smtpd_drop_source (&s->out_source);
 }
 
 /* smtpd_wants_input - whether to read from the client now: in the states
@@ -1182,15 +1185,6 @@ smtpd_wants_input (SmtpdSession *s)
          && (s->state == SMTPD_STATE_PREGREET || s->state == SMTPD_STATE_COMMAND
              || s->state == SMTPD_STATE_AUTH || s->state == SMTPD_STATE_DATA
              || s->state == SMTPD_STATE_BUSY);
-}
-
-/* smtpd_stop_reading - no input source until the session wants input again */
-static void
-smtpd_stop_reading (SmtpdSession *s)
-{
-  if (s->in_source != NULL)
-    g_source_destroy (s->in_source);
-  g_clear_pointer (&s->in_source, g_source_unref);
 }
 
 /* smtpd_pump - write what is queued, then close, start TLS, or read and
@@ -1210,7 +1204,7 @@ smtpd_pump (SmtpdSession *s)
         {
           /* The rest waits for room; no reading meanwhile, or a client
            * that sends but does not read would grow outbuf without end. */
-          smtpd_stop_reading (s);
+          smtpd_drop_source (&s->in_source);
           break;
         }
       if (s->out_done < s->outbuf->len)
@@ -1260,7 +1254,7 @@ smtpd_pump (SmtpdSession *s)
         }
       if (!smtpd_wants_input (s))
         {
-          smtpd_stop_reading (s);
+          smtpd_drop_source (&s->in_source);
           break;
         }
       {
@@ -1292,7 +1286,7 @@ smtpd_pump (SmtpdSession *s)
             /* A client may send its last command and half-close: it still
              * gets the answer the commit or check it waits for. */
             s->client_eof = TRUE;
-            smtpd_stop_reading (s);
+            smtpd_drop_source (&s->in_source);
             break;
           }
         else
@@ -2270,8 +2264,7 @@ smtpd_accept (gpointer user_data)
                            "not accepting for %d ms; if this repeats, raise the open-files limit "
                            "(LimitNOFILE=) or lower smtpd.max_connections",
                            l->text, error->message, SMTPD_ACCEPT_PAUSE_MS);
-          g_source_destroy (l->source);
-          g_clear_pointer (&l->source, g_source_unref);
+          smtpd_drop_source (&l->source);
           l->resume = g_timeout_add (SMTPD_ACCEPT_PAUSE_MS, smtpd_accept_resume, l);
           return G_SOURCE_REMOVE;
         }
@@ -2324,9 +2317,7 @@ smtpd_listen_free (gpointer data)
   SmtpdListen *l = data;
 
   g_clear_handle_id (&l->resume, g_source_remove);
-  if (l->source != NULL)
-    g_source_destroy (l->source);
-  g_clear_pointer (&l->source, g_source_unref);
+  smtpd_drop_source (&l->source);
   if (l->socket != NULL)
     g_socket_close (l->socket, NULL);
   g_clear_object (&l->socket);
@@ -2647,9 +2638,7 @@ pmx_smtpd_shutdown (PmxSmtpd *smtpd)
       SmtpdListen *l = g_ptr_array_index (smtpd->listens, i);
 
       g_clear_handle_id (&l->resume, g_source_remove);
-      if (l->source != NULL)
-        g_source_destroy (l->source);
-      g_clear_pointer (&l->source, g_source_unref);
+      smtpd_drop_source (&l->source);
       if (l->socket != NULL)
         g_socket_close (l->socket, NULL);
     }

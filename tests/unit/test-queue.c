@@ -1221,29 +1221,47 @@ test_complete_async_errors (Fixture       *fx,
 {
   CompleteState st = { 0, };
   g_autofree char *id = submit (fx->queue, "local", NULL, one_rcpt, NULL);
+  g_autofree char *id3 = submit (fx->queue, "local", NULL, three_rcpts, NULL);
   g_autoptr (PmxQueueMessage) msg = NULL;
+  g_autoptr (PmxQueueMessage) msg3 = NULL;
   const PmxAttemptRecipient ok = { "bob@example.net", PMX_RCPT_STATE_DELIVERED, 250, NULL, "ok" };
   const PmxAttemptRecipient stranger = { "nobody@example.net", PMX_RCPT_STATE_DELIVERED, 250, NULL, "ok" };
+  const PmxAttemptRecipient half[] = {
+    { "r1@example.net", PMX_RCPT_STATE_DELIVERED, 250, NULL, "ok" },
+    { "nobody@example.net", PMX_RCPT_STATE_DELIVERED, 250, NULL, "ok" },
+  };
   const PmxAttempt bad = { .transport = "t", .recipients = &stranger, .n_recipients = 1, .summary = "s" };
+  const PmxAttempt half_bad = { .transport = "t", .recipients = half, .n_recipients = 2, .summary = "s" };
   const PmxAttempt good = { .transport = "t", .recipients = &ok, .n_recipients = 1, .summary = "s" };
+  guint64 commits;
 
   complete_state_init (&st);
   g_ptr_array_unref (lease (fx->queue, G_MAXINT64, 10, "w", G_MAXINT64));
+  commits = pmx_queue_get_commit_count (fx->queue);
 
-  /* One bad request in a batch fails alone; its neighbours commit. */
+  /* One bad request in a batch fails alone; its neighbours commit.  The
+   * first two fail before changing a row; the third fails after updating
+   * r1, so the batch runs again with a savepoint per request. */
   pmx_queue_test_hold_writer (fx->queue, TRUE);
   pmx_queue_complete_async (fx->queue, "00000000000000FF", &good, complete_cb, &st);
   pmx_queue_complete_async (fx->queue, id, &bad, complete_cb, &st);
+  pmx_queue_complete_async (fx->queue, id3, &half_bad, complete_cb, &st);
   pmx_queue_complete_async (fx->queue, id, &good, complete_cb, &st);
   pmx_queue_test_hold_writer (fx->queue, FALSE);
-  complete_state_wait (&st, 3);
+  complete_state_wait (&st, 4);
 
   g_assert_error ((GError *) st.errors->pdata[0], PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_NOT_FOUND);
   g_assert_error ((GError *) st.errors->pdata[1], PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_INVALID);
-  g_assert_null (st.errors->pdata[2]);
+  g_assert_error ((GError *) st.errors->pdata[2], PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_INVALID);
+  g_assert_null (st.errors->pdata[3]);
+  g_assert_cmpuint (pmx_queue_get_commit_count (fx->queue), ==, commits + 1);
   msg = get (fx->queue, id);
   g_assert_cmpint (msg->state, ==, PMX_MSG_DELIVERED);
   g_assert_cmpuint (msg->attempts, ==, 1);
+  msg3 = get (fx->queue, id3);
+  g_assert_cmpint (msg3->state, ==, PMX_MSG_INFLIGHT);
+  g_assert_cmpuint (msg3->attempts, ==, 0);
+  g_assert_cmpint (rcpt (msg3, 0)->state, ==, PMX_RCPT_STATE_QUEUED);   /* r1's update undone */
   complete_state_clear (&st);
 }
 
