@@ -14,7 +14,8 @@ Quick run:
 Env: BENCH_N (20000), BENCH_SIZES ("1024,10240"), BENCH_SESSIONS ("8,32"),
      BENCH_MODES ("conn,persist": smtp-source without / with -d),
      BENCH_RELAY_WORKERS (16: the smtp transport's concurrency),
-     BENCH_POSTFIX (1; 0 skips the Postfix side), BENCH_HTTP (1),
+     BENCH_POSTFIX (1; 0 skips the Postfix side), BENCH_RAW (1; 0 skips the
+     raw ceiling run), BENCH_HTTP (1),
      BENCH_HTTP_CONNS ("8,32,128"), BENCH_HTTP_SECS (15), BENCH_PAUSE (4 s).
 
 1. SMTP: Postfix's smtp-source -> `postmux serve` (listen.smtp on a free
@@ -46,8 +47,14 @@ Env: BENCH_N (20000), BENCH_SIZES ("1024,10240"), BENCH_SESSIONS ("8,32"),
    so neither side starts while the previous run's leftovers (dirty queue
    files still being written back, a Postfix queue manager, a checkpoint)
    still use the disk or the CPUs.
-   Each (size, sessions, mode) cell runs Postmux then Postfix back to back
-   and prints both relay rates and their ratio (issue 4 target: >= 5x).
+   Each (size, sessions, mode) cell runs Postmux and Postfix back to back,
+   Postmux first in the 1st, 3rd, ... cell and Postfix first in the others
+   (the second run inherits the first one's TIME_WAIT sockets and dirty
+   pages), and prints both relay rates and their ratio (issue 4 target:
+   >= 5x).  Then the raw ceiling: the same smtp-source load straight into
+   smtp-sink, no MTA in between -- what loopback TCP and the two tools allow
+   on this machine -- and the share of it Postmux reached and 5x Postfix
+   would need.
 3. HTTP: wrk (Debian package `wrk`, installed if missing) POSTs a small
    JSON message to /v1/messages with a Bearer key for BENCH_HTTP_SECS at
    each connection count; the daemon relays to an smtp-sink meanwhile.
@@ -65,6 +72,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -80,6 +88,7 @@ MODES = os.environ.get("BENCH_MODES", "conn,persist").split(",")
 RELAY_WORKERS = int(os.environ.get("BENCH_RELAY_WORKERS", "16"))
 DO_POSTFIX = os.environ.get("BENCH_POSTFIX", "1") != "0"
 DO_HTTP = os.environ.get("BENCH_HTTP", "1") != "0"
+DO_RAW = os.environ.get("BENCH_RAW", "1") != "0"
 HTTP_CONNS = [int(c) for c in os.environ.get("BENCH_HTTP_CONNS", "8,32,128").split(",")]
 HTTP_SECS = int(os.environ.get("BENCH_HTTP_SECS", "15"))
 PAUSE = float(os.environ.get("BENCH_PAUSE", "4"))
@@ -238,8 +247,12 @@ def queue_count(gw, state=None):
     return int(m.group(1)) if m else 0
 
 
-def drive(tools, target_port, sink_port, size, sessions, persistent, cpu_of):
-    """smtp-sink -M N on sink_port, smtp-source at target_port; returns timings and CPU."""
+def drive(tools, target_port, sink_port, size, sessions, persistent, cpu_of, raw=False):
+    """smtp-sink -M N on sink_port, smtp-source at target_port; returns timings and CPU.
+    Each process's exit is timed by its own waiting thread: with @raw
+    (smtp-source straight into the sink) the sink exits first, and
+    smtp-source's "lost connection" fatal then sleeps 1 s before it exits
+    (Postfix's msg_fatal), which must not count."""
     sink_log = tempfile.TemporaryFile()
     sinkp = subprocess.Popen(tools.sink_cmd(sink_port, N), stdout=sink_log, stderr=sink_log, env=tools.env())
     benchlib.wait_port(sink_port)   # one probe connection; -M counts messages, not connections
@@ -247,26 +260,42 @@ def drive(tools, target_port, sink_port, size, sessions, persistent, cpu_of):
     cpu0 = cpu_of()
     busy0 = benchlib.system_busy()
     t0 = time.perf_counter()
-    src = subprocess.run(tools.source_cmd(target_port, sessions, N, size, persistent),
-                         capture_output=True, env=tools.env(), timeout=3600)
-    t1 = time.perf_counter()
-    try:
-        rc = sinkp.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        sinkp.kill()
-        sinkp.wait()
-        rc = "timeout"
-    t2 = time.perf_counter()
+    srcp = subprocess.Popen(tools.source_cmd(target_port, sessions, N, size, persistent),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=tools.env())
+    ends = {}
+
+    def wait_for(name, proc, timeout):
+        # A blocking wait (Popen.wait with a timeout polls), and a timer to kill a hung one.
+        def kill():
+            ends[name + "_timeout"] = True
+            proc.kill()
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        proc.wait()
+        ends[name] = time.perf_counter()
+        timer.cancel()
+
+    sink_thread = threading.Thread(target=wait_for, args=("sink", sinkp, 3600))
+    sink_thread.start()
+    src_err = srcp.stderr.read()
+    wait_for("src", srcp, 600)
+    sink_thread.join()
     cpu1 = cpu_of()
     busy1 = benchlib.system_busy()
+    t1, t2 = ends["src"], ends["sink"]
+    rc = "timeout" if "sink_timeout" in ends else sinkp.returncode
+    src_ok = srcp.returncode == 0 and not src_err.strip()
+    if raw:
+        t1 = t2 = min(t1, t2)   # the sink took the N-th message; smtp-source's exit is its fatal
+        src_ok = b"lost connection" in src_err or src_ok
     sink_log.seek(0)
-    if src.returncode != 0 or src.stderr.strip():
-        say("# smtp-source exit %s: %s" % (src.returncode, src.stderr.decode(errors="replace")[-1500:]))
+    if not src_ok:
+        say("# smtp-source exit %s: %s" % (srcp.returncode, src_err.decode(errors="replace")[-1500:]))
     if rc != 0:
         say("# smtp-sink exit %s: %s" % (rc, sink_log.read().decode(errors="replace")[-1500:]))
     util = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
-    return {"accept": N / (t1 - t0), "relay": N / (t2 - t0), "lag": t2 - t1,
-            "cpu_ms": (cpu1 - cpu0) * 1000 / N, "busy": util, "ok": rc == 0 and src.returncode == 0}
+    return {"accept": N / (t1 - t0), "relay": N / (max(t1, t2) - t0), "lag": max(0.0, t2 - t1),
+            "cpu_ms": (cpu1 - cpu0) * 1000 / N, "busy": util, "ok": rc == 0 and src_ok}
 
 
 def run_postmux(tools, size, sessions, persistent):
@@ -301,6 +330,14 @@ def run_postfix(pf, tools, size, sessions, persistent):
         say("# WARNING: Postfix queue not empty after the run")
     time.sleep(PAUSE)   # cached SMTP connections (smtp_connection_cache_time_limit 2s) expire
     return r
+
+
+def run_raw(tools, size, sessions, persistent):
+    """The same load from smtp-source straight into smtp-sink: what this
+    machine's loopback TCP and the two Postfix tools allow for the cell with
+    no MTA in between (bench-baselines.md section 1)."""
+    port = benchlib.free_port()
+    return drive(tools, port, port, size, sessions, persistent, lambda: 0.0, raw=True)
 
 
 def fmt(tag, r):
@@ -438,29 +475,42 @@ def main():
                     persistent = mode.startswith("persist")
                     say("%d x %d B, %d sessions, %s:" % (N, size, sessions,
                                                           "persistent (-d)" if persistent else "conn-per-msg"))
+                    # Whichever side runs second inherits the first one's
+                    # TIME_WAIT sockets and dirty pages: alternate the order.
+                    postfix_first = pf is not None and len(results) % 2 == 1
+                    px = run_postfix(pf, tools, size, sessions, persistent) if postfix_first else None
                     pm = run_postmux(tools, size, sessions, persistent)
+                    if pf and not postfix_first:
+                        px = run_postfix(pf, tools, size, sessions, persistent)
                     say(fmt("Postmux", pm))
                     if not persistent and pm["accept"] < sessions * 1.5:
                         say("#   about 1 s per connection: the listener waits before its greeting "
                             "(SMTPD_PREGREET_MS, pmx-smtpd.c), so a new connection per message caps "
                             "at about one message per session per second")
-                    px = run_postfix(pf, tools, size, sessions, persistent) if pf else None
                     if px:
                         say(fmt("Postfix", px))
-                        say("  ratio    relayed %.1fx   accepted %.1fx   CPU/msg %.1fx less"
-                            % (pm["relay"] / px["relay"], pm["accept"] / px["accept"], px["cpu_ms"] / pm["cpu_ms"]))
-                    results.append((size, sessions, mode, pm, px))
+                        say("  ratio    relayed %.1fx   accepted %.1fx   CPU/msg %.1fx less   (%s ran first)"
+                            % (pm["relay"] / px["relay"], pm["accept"] / px["accept"], px["cpu_ms"] / pm["cpu_ms"],
+                               "Postfix" if postfix_first else "Postmux"))
+                    raw = run_raw(tools, size, sessions, persistent) if DO_RAW else None
+                    if raw:
+                        say("  raw      smtp-source -> smtp-sink, no MTA: %6.0f msgs/s; Postmux relayed %.0f%% of it%s"
+                            % (raw["relay"], 100 * pm["relay"] / raw["relay"],
+                               ", 5x Postfix would be %.0f%%" % (500 * px["relay"] / raw["relay"]) if px else ""))
+                        time.sleep(PAUSE)
+                    results.append((size, sessions, mode, pm, px, raw))
         if pf:
             pf.stop()
     finally:
         if pf:
             pf.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    say("# summary, relayed msgs/s (Postmux / Postfix = ratio):")
-    for size, sessions, mode, pm, px in results:
-        say("#   %5d B  s%-3d %-8s %6.0f / %s" % (size, sessions, mode, pm["relay"],
-                                                   "%5.0f = %4.1fx" % (px["relay"], pm["relay"] / px["relay"])
-                                                   if px else "-"))
+    say("# summary, relayed msgs/s (Postmux / Postfix = ratio; raw smtp-source -> smtp-sink ceiling):")
+    for size, sessions, mode, pm, px, raw in results:
+        say("#   %5d B  s%-3d %-8s %6.0f / %s%s" % (size, sessions, mode, pm["relay"],
+                                                     "%5.0f = %4.1fx" % (px["relay"], pm["relay"] / px["relay"])
+                                                     if px else "-",
+                                                     "   raw %6.0f" % raw["relay"] if raw else ""))
     if DO_HTTP:
         run_http(tools)
     say("# load at the end: %s" % " ".join(benchlib.loadavg()))
