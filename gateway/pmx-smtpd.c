@@ -1498,11 +1498,15 @@ smtpd_submitted (GObject      *source,
     }
   if (id != NULL)
     {
+      /* The client waits for nothing but this: the 250 goes out first
+       * (the session stays BUSY, so the pump only writes and buffers),
+       * then the log line and the dispatcher's wake-up. */
+      smtpd_reply (s, "250 2.0.0 Ok: queued as %s", id);
+      smtpd_pump (s);
       pmx_log_info (id, NULL, "smtpd: from=<%s>, nrcpt=%u, size=%" G_GSIZE_FORMAT ", client=%s, ingress=%s",
                     s->mail.address, s->rcpts->len, s->data.size, s->peer, s->identity);
       if (s->smtpd->wake != NULL)
         s->smtpd->wake (s->smtpd->wake_data);
-      smtpd_reply (s, "250 2.0.0 Ok: queued as %s", id);
     }
   else if (g_error_matches (error, PMX_QUEUE_ERROR, PMX_QUEUE_ERROR_FULL))
     {
