@@ -16,7 +16,10 @@ Env: BENCH_N (20000), BENCH_SIZES ("1024,10240"), BENCH_SESSIONS ("8,32"),
      BENCH_RELAY_WORKERS (16: the smtp transport's concurrency),
      BENCH_POSTFIX (1; 0 skips the Postfix side), BENCH_RAW (1; 0 skips the
      raw ceiling run), BENCH_HTTP (1),
-     BENCH_HTTP_CONNS ("8,32,128"), BENCH_HTTP_SECS (15), BENCH_PAUSE (4 s).
+     BENCH_HTTP_CONNS ("8,32,128"), BENCH_HTTP_SECS (15), BENCH_PAUSE (4 s),
+     BENCH_REPEAT (1: Postmux/Postfix rounds per cell; with more, each
+     round is printed and the summary gives the median rates, the median
+     of the rounds' ratios and every round's ratio).
 
 1. SMTP: Postfix's smtp-source -> `postmux serve` (listen.smtp on a free
    loopback port, auth.networks 127.0.0.0/8) -> smtp transport -> Postfix's
@@ -47,10 +50,10 @@ Env: BENCH_N (20000), BENCH_SIZES ("1024,10240"), BENCH_SESSIONS ("8,32"),
    so neither side starts while the previous run's leftovers (dirty queue
    files still being written back, a Postfix queue manager, a checkpoint)
    still use the disk or the CPUs.
-   Each (size, sessions, mode) cell runs Postmux and Postfix back to back,
-   Postmux first in the 1st, 3rd, ... cell and Postfix first in the others
-   (the second run inherits the first one's TIME_WAIT sockets and dirty
-   pages), and prints both relay rates and their ratio (issue 4 target:
+   Each (size, sessions, mode) cell runs Postmux and Postfix back to back
+   (BENCH_REPEAT times), Postmux first in the 1st, 3rd, ... cell and Postfix
+   first in the others, and alternately within a cell (the second run
+   inherits the first one's TIME_WAIT sockets and dirty pages), and prints both relay rates and their ratio (issue 4 target:
    >= 5x).  Then the raw ceiling: the same smtp-source load straight into
    smtp-sink, no MTA in between -- what loopback TCP and the two tools allow
    on this machine -- and the share of it Postmux reached and 5x Postfix
@@ -69,6 +72,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +96,7 @@ DO_RAW = os.environ.get("BENCH_RAW", "1") != "0"
 HTTP_CONNS = [int(c) for c in os.environ.get("BENCH_HTTP_CONNS", "8,32,128").split(",")]
 HTTP_SECS = int(os.environ.get("BENCH_HTTP_SECS", "15"))
 PAUSE = float(os.environ.get("BENCH_PAUSE", "4"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
 
 # The postconf lines of bench-baselines.md 2.1, verbatim but for relayhost's port.
 POSTFIX_BASELINE = [
@@ -340,6 +345,12 @@ def run_raw(tools, size, sessions, persistent):
     return drive(tools, port, port, size, sessions, persistent, lambda: 0.0, raw=True)
 
 
+def median_run(runs):
+    """The run whose relay rate is the median of @runs (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["relay"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def fmt(tag, r):
     return ("  %-8s accepted %6.0f/s  relayed %6.0f/s  sink lag %5.2f s  CPU %.3f ms/msg  system busy %3.0f%%%s"
             % (tag, r["accept"], r["relay"], r["lag"], r["cpu_ms"], r["busy"] * 100,
@@ -475,42 +486,60 @@ def main():
                     persistent = mode.startswith("persist")
                     say("%d x %d B, %d sessions, %s:" % (N, size, sessions,
                                                           "persistent (-d)" if persistent else "conn-per-msg"))
-                    # Whichever side runs second inherits the first one's
-                    # TIME_WAIT sockets and dirty pages: alternate the order.
-                    postfix_first = pf is not None and len(results) % 2 == 1
-                    px = run_postfix(pf, tools, size, sessions, persistent) if postfix_first else None
-                    pm = run_postmux(tools, size, sessions, persistent)
-                    if pf and not postfix_first:
-                        px = run_postfix(pf, tools, size, sessions, persistent)
-                    say(fmt("Postmux", pm))
-                    if not persistent and pm["accept"] < sessions * 1.5:
-                        say("#   about 1 s per connection: the listener waits before its greeting "
-                            "(SMTPD_PREGREET_MS, pmx-smtpd.c), so a new connection per message caps "
-                            "at about one message per session per second")
-                    if px:
-                        say(fmt("Postfix", px))
-                        say("  ratio    relayed %.1fx   accepted %.1fx   CPU/msg %.1fx less   (%s ran first)"
-                            % (pm["relay"] / px["relay"], pm["accept"] / px["accept"], px["cpu_ms"] / pm["cpu_ms"],
-                               "Postfix" if postfix_first else "Postmux"))
+                    rounds = []
+                    for k in range(REPEAT):
+                        # Whichever side runs second inherits the first one's
+                        # TIME_WAIT sockets and dirty pages: alternate the order
+                        # from cell to cell and from round to round.
+                        postfix_first = pf is not None and (len(results) + k) % 2 == 1
+                        px = run_postfix(pf, tools, size, sessions, persistent) if postfix_first else None
+                        pm = run_postmux(tools, size, sessions, persistent)
+                        if pf and not postfix_first:
+                            px = run_postfix(pf, tools, size, sessions, persistent)
+                        if REPEAT > 1:
+                            say("  round %d of %d:" % (k + 1, REPEAT))
+                        say(fmt("Postmux", pm))
+                        if not persistent and pm["accept"] < sessions * 1.5:
+                            say("#   about 1 s per connection: the listener waits before its greeting "
+                                "(SMTPD_PREGREET_MS, pmx-smtpd.c), so a new connection per message caps "
+                                "at about one message per session per second")
+                        if px:
+                            say(fmt("Postfix", px))
+                            say("  ratio    relayed %.1fx   accepted %.1fx   CPU/msg %.1fx less   (%s ran first)"
+                                % (pm["relay"] / px["relay"], pm["accept"] / px["accept"],
+                                   px["cpu_ms"] / pm["cpu_ms"], "Postfix" if postfix_first else "Postmux"))
+                        rounds.append((pm, px))
+                    pm = median_run([r[0] for r in rounds])
+                    px = median_run([r[1] for r in rounds]) if pf else None
+                    ratios = sorted(r[0]["relay"] / r[1]["relay"] for r in rounds) if pf else []
                     raw = run_raw(tools, size, sessions, persistent) if DO_RAW else None
                     if raw:
                         say("  raw      smtp-source -> smtp-sink, no MTA: %6.0f msgs/s; Postmux relayed %.0f%% of it%s"
                             % (raw["relay"], 100 * pm["relay"] / raw["relay"],
                                ", 5x Postfix would be %.0f%%" % (500 * px["relay"] / raw["relay"]) if px else ""))
                         time.sleep(PAUSE)
-                    results.append((size, sessions, mode, pm, px, raw))
+                    results.append((size, sessions, mode, pm, px, raw, ratios))
         if pf:
             pf.stop()
     finally:
         if pf:
             pf.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    say("# summary, relayed msgs/s (Postmux / Postfix = ratio; raw smtp-source -> smtp-sink ceiling):")
-    for size, sessions, mode, pm, px, raw in results:
-        say("#   %5d B  s%-3d %-8s %6.0f / %s%s" % (size, sessions, mode, pm["relay"],
-                                                     "%5.0f = %4.1fx" % (px["relay"], pm["relay"] / px["relay"])
-                                                     if px else "-",
-                                                     "   raw %6.0f" % raw["relay"] if raw else ""))
+    if REPEAT == 1:
+        say("# summary, relayed msgs/s (Postmux / Postfix = ratio; raw smtp-source -> smtp-sink ceiling):")
+    else:
+        say("# summary, relayed msgs/s over %d rounds: median Postmux / median Postfix, the median of the "
+            "rounds' ratios and each round's ratio; raw smtp-source -> smtp-sink ceiling:" % REPEAT)
+    for size, sessions, mode, pm, px, raw, ratios in results:
+        if px is None:
+            pair = "-"
+        elif REPEAT == 1:
+            pair = "%5.0f = %4.1fx" % (px["relay"], ratios[0])
+        else:
+            pair = "%5.0f   ratio %4.1fx (rounds %s)" % (px["relay"], statistics.median(ratios),
+                                                       " ".join("%.1fx" % r for r in ratios))
+        say("#   %5d B  s%-3d %-8s %6.0f / %s%s" % (size, sessions, mode, pm["relay"], pair,
+                                                   "   raw %6.0f" % raw["relay"] if raw else ""))
     if DO_HTTP:
         run_http(tools)
     say("# load at the end: %s" % " ".join(benchlib.loadavg()))
