@@ -3,7 +3,8 @@
 """Benchmark (issue 4): ingress through the SMTP listener and the HTTP API,
 side by side with a Postfix relay in the same run.
 
-Full run (about 15-25 minutes on 2 cores; needs root for the Postfix part):
+Full run (about 15-25 minutes on 2 cores, about 40 with BENCH_REPEAT=3; needs root
+for the Postfix part):
     meson test -C build --benchmark --suite bench bench-ingress --verbose
 or directly:
     POSTMUX=build/gateway/postmux POSTMUX_PLUGIN_PATH=build/transports \\
