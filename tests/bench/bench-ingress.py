@@ -54,8 +54,8 @@ Env: BENCH_N (20000), BENCH_SIZES ("1024,10240"), BENCH_SESSIONS ("8,32"),
    Each (size, sessions, mode) cell runs Postmux and Postfix back to back
    (BENCH_REPEAT times), Postmux first in the 1st, 3rd, ... cell and Postfix
    first in the others, and alternately within a cell (the second run
-   inherits the first one's TIME_WAIT sockets and dirty pages), and prints both relay rates and their ratio (issue 4 target:
-   >= 5x).  Then the raw ceiling: the same smtp-source load straight into
+   inherits the first one's TIME_WAIT sockets and dirty pages), and prints
+   both relay rates and their ratio (issue 4 target: >= 5x).  Then the raw ceiling: the same smtp-source load straight into
    smtp-sink, no MTA in between -- what loopback TCP and the two tools allow
    on this machine -- and the share of it Postmux reached and 5x Postfix
    would need.
@@ -346,12 +346,6 @@ def run_raw(tools, size, sessions, persistent):
     return drive(tools, port, port, size, sessions, persistent, lambda: 0.0, raw=True)
 
 
-def median_run(runs):
-    """The run whose relay rate is the median of @runs (the lower middle one for an even count)."""
-    ordered = sorted(runs, key=lambda r: r["relay"])
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def fmt(tag, r):
     return ("  %-8s accepted %6.0f/s  relayed %6.0f/s  sink lag %5.2f s  CPU %.3f ms/msg  system busy %3.0f%%%s"
             % (tag, r["accept"], r["relay"], r["lag"], r["cpu_ms"], r["busy"] * 100,
@@ -510,36 +504,29 @@ def main():
                                 % (pm["relay"] / px["relay"], pm["accept"] / px["accept"],
                                    px["cpu_ms"] / pm["cpu_ms"], "Postfix" if postfix_first else "Postmux"))
                         rounds.append((pm, px))
-                    pm = median_run([r[0] for r in rounds])
-                    px = median_run([r[1] for r in rounds]) if pf else None
+                    pm_relay = statistics.median(r[0]["relay"] for r in rounds)
+                    px_relay = statistics.median(r[1]["relay"] for r in rounds) if pf else None
                     ratios = sorted(r[0]["relay"] / r[1]["relay"] for r in rounds) if pf else []
                     raw = run_raw(tools, size, sessions, persistent) if DO_RAW else None
                     if raw:
                         say("  raw      smtp-source -> smtp-sink, no MTA: %6.0f msgs/s; Postmux relayed %.0f%% of it%s"
-                            % (raw["relay"], 100 * pm["relay"] / raw["relay"],
-                               ", 5x Postfix would be %.0f%%" % (500 * px["relay"] / raw["relay"]) if px else ""))
+                            % (raw["relay"], 100 * pm_relay / raw["relay"],
+                               ", 5x Postfix would be %.0f%%" % (500 * px_relay / raw["relay"]) if pf else ""))
                         time.sleep(PAUSE)
-                    results.append((size, sessions, mode, pm, px, raw, ratios))
+                    results.append((size, sessions, mode, pm_relay, px_relay, raw, ratios))
         if pf:
             pf.stop()
     finally:
         if pf:
             pf.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    if REPEAT == 1:
-        say("# summary, relayed msgs/s (Postmux / Postfix = ratio; raw smtp-source -> smtp-sink ceiling):")
-    else:
-        say("# summary, relayed msgs/s over %d rounds: median Postmux / median Postfix, the median of the "
-            "rounds' ratios and each round's ratio; raw smtp-source -> smtp-sink ceiling:" % REPEAT)
-    for size, sessions, mode, pm, px, raw, ratios in results:
-        if px is None:
-            pair = "-"
-        elif REPEAT == 1:
-            pair = "%5.0f = %4.1fx" % (px["relay"], ratios[0])
-        else:
-            pair = "%5.0f   ratio %4.1fx (rounds %s)" % (px["relay"], statistics.median(ratios),
-                                                       " ".join("%.1fx" % r for r in ratios))
-        say("#   %5d B  s%-3d %-8s %6.0f / %s%s" % (size, sessions, mode, pm["relay"], pair,
+    say("# summary, relayed msgs/s: Postmux / Postfix and the ratio%s; raw smtp-source -> smtp-sink ceiling:"
+        % ("" if REPEAT == 1 else " (medians of %d rounds, then each round's ratio)" % REPEAT))
+    for size, sessions, mode, pm_relay, px_relay, raw, ratios in results:
+        pair = "-" if px_relay is None else "%5.0f   ratio %4.1fx%s" % (
+            px_relay, statistics.median(ratios),
+            " (rounds %s)" % " ".join("%.1fx" % r for r in ratios) if REPEAT > 1 else "")
+        say("#   %5d B  s%-3d %-8s %6.0f / %s%s" % (size, sessions, mode, pm_relay, pair,
                                                    "   raw %6.0f" % raw["relay"] if raw else ""))
     if DO_HTTP:
         run_http(tools)
